@@ -1,0 +1,30 @@
+"""The torch-only core: cutting networks, auxiliary heads, the cut seam, codecs and the training step."""
+
+from lightning_dsl.core.codecs import CastCodec, Codec, IdentityCodec, Int8Codec, Payload, available_codecs, get_codec
+from lightning_dsl.core.cut import Cut, Traffic
+from lightning_dsl.core.heads import build_aux_head, check_aux_head
+from lightning_dsl.core.split import Cuttable, SplitNetwork, cut_units, named_cuts, resolve_split_index, split_network
+from lightning_dsl.core.step import StepOutput, scale_grad, split_step
+
+__all__ = [
+    "CastCodec",
+    "Codec",
+    "Cut",
+    "Cuttable",
+    "IdentityCodec",
+    "Int8Codec",
+    "Payload",
+    "SplitNetwork",
+    "StepOutput",
+    "Traffic",
+    "available_codecs",
+    "build_aux_head",
+    "check_aux_head",
+    "cut_units",
+    "get_codec",
+    "named_cuts",
+    "resolve_split_index",
+    "scale_grad",
+    "split_network",
+    "split_step",
+]

@@ -1,0 +1,133 @@
+"""Auxiliary heads: the small classifier the client trains at the cut in decoupled mode.
+
+Built-in heads take the cut activation ``z`` of shape ``(N, C, H, W)`` (or ``(N, D)``):
+
+* ``"linear"``: average-pool to a ``pool x pool`` grid, flatten, one linear layer. ``pool=1`` is
+  global average pooling; ``pool=0`` keeps ``z`` as it is (the paper's literal "single
+  fully-connected layer" on the flattened activation).
+* ``"mlp"``: the same pooling, then a hidden layer with ReLU, then the linear layer.
+* ``"conv"``: a 3x3 conv + BatchNorm + ReLU block at the cut's width before the pooling and
+  the linear layer (as in greedy layer-wise training).
+
+A user's own ``nn.Module`` is used as it is, after a check that it accepts ``z`` and returns
+``(N, num_classes)`` logits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+HEADS = ("linear", "mlp", "conv")
+
+
+class PoolFlatten(nn.Module):
+    """Adaptive average pooling to a ``pool x pool`` grid (``pool=0``: none), then flatten."""
+
+    def __init__(self, pool: int) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, z: Tensor) -> Tensor:  # noqa: D102
+        if z.dim() > 2 and self.pool > 0:
+            z = nn.functional.adaptive_avg_pool2d(z, self.pool) if z.dim() == 4 else z.mean(dim=tuple(range(2, z.dim())))
+        return z.flatten(1)
+
+    def extra_repr(self) -> str:
+        return f"pool={self.pool}"
+
+
+def _pooled_features(shape: torch.Size, pool: int) -> int:
+    """Number of features after :class:`PoolFlatten` for a per-sample ``shape``."""
+    if len(shape) == 1:
+        return shape[0]
+    if pool == 0:
+        return int(torch.Size(shape).numel())
+    if len(shape) == 3:
+        return shape[0] * pool * pool
+    return shape[0]
+
+
+def build_aux_head(
+    spec: str | nn.Module,
+    activation_shape: torch.Size | tuple[int, ...],
+    num_classes: int,
+    pool: int = 1,
+    hidden: int = 256,
+    **unused: Any,
+) -> nn.Module:
+    """Build the auxiliary head for cut activations of per-sample shape ``activation_shape``.
+
+    Args:
+        spec: ``"linear"``, ``"mlp"``, ``"conv"`` or an ``nn.Module``.
+        activation_shape: shape of one sample of ``z`` (without the batch dimension).
+        num_classes: number of classes the head predicts.
+        pool: side of the average-pooling grid (1: global average pooling; 0: no pooling).
+        hidden: hidden width of the ``"mlp"`` head.
+
+    Raises:
+        ValueError: for an unknown head name, bad options, or unknown keyword arguments.
+    """
+    if unused:
+        raise ValueError(f"Unknown auxiliary-head options {sorted(unused)}: `aux_head_kwargs` accepts 'pool', 'hidden'.")
+    if isinstance(spec, nn.Module):
+        return spec
+    if spec not in HEADS:
+        raise ValueError(f"Expected argument `aux_head` to be one of {list(HEADS)} or an nn.Module, got {spec!r}.")
+    if not isinstance(pool, int) or pool < 0:
+        raise ValueError(f"Expected `aux_head_kwargs['pool']` to be an int >= 0 (0: no pooling), got {pool!r}.")
+    if not isinstance(hidden, int) or hidden < 1:
+        raise ValueError(f"Expected `aux_head_kwargs['hidden']` to be a positive int, got {hidden!r}.")
+    shape = torch.Size(activation_shape)
+    features = _pooled_features(shape, pool)
+    if spec == "linear":
+        return nn.Sequential(PoolFlatten(pool), nn.Linear(features, num_classes))
+    if spec == "mlp":
+        return nn.Sequential(
+            PoolFlatten(pool), nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
+    if len(shape) != 3:
+        raise ValueError(f"The 'conv' auxiliary head needs image-shaped activations (C, H, W), but the cut gives {tuple(shape)}.")
+    channels = shape[0]
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+        PoolFlatten(pool),
+        nn.Linear(features, num_classes),
+    )
+
+
+def check_aux_head(aux_head: nn.Module, z: Tensor, num_classes: int) -> None:
+    """Check that ``aux_head`` maps the cut activation ``z`` to ``(N, num_classes)`` logits.
+
+    Runs one forward in eval mode without gradients, so no BatchNorm statistics move.
+
+    Raises:
+        ValueError: naming the head, the activation shape and what went wrong.
+    """
+    was_training = aux_head.training
+    aux_head.eval()
+    try:
+        with torch.no_grad():
+            out = aux_head(z)
+    except Exception as err:  # any shape/dtype error from the user's module
+        raise ValueError(
+            f"Argument `aux_head` ({type(aux_head).__name__}) does not accept the cut activation of shape"
+            f" {tuple(z.shape)} (batch, *per-sample shape). Build it for inputs of that shape. The error was: {err}"
+        ) from err
+    finally:
+        aux_head.train(was_training)
+    if not isinstance(out, Tensor) or tuple(out.shape) != (z.shape[0], num_classes):
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"Argument `aux_head` ({type(aux_head).__name__}) must return logits of shape (batch, num_classes)"
+            f" = {(z.shape[0], num_classes)} for the cut activation of shape {tuple(z.shape)}, but returned {got}."
+        )
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters of ``module``."""
+    return sum(p.numel() for p in module.parameters())

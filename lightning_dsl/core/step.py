@@ -1,0 +1,211 @@
+"""One training step of split learning, decoupled or with feedback, in plain torch.
+
+This is the whole algorithm; the LightningModule only wires it to Lightning.
+
+* **Decoupled** (``feedback_weight=None``, mode ``"dsl"``): the client trains on its
+  auxiliary loss alone and finishes its backward and step *before* the server runs, so the
+  client's graph is freed before the server's forward. The server trains on the received
+  activations. Nothing comes back down.
+* **Feedback** (``feedback_weight=λ``, modes ``"sl"`` and ``"hybrid"``): the server runs first
+  on the received activations, steps, and sends the gradient at the cut back down; the
+  client's gradient is ``(1 - λ) ∇ aux_loss + λ ∇ server_loss`` through the cut. ``λ = 1`` is
+  conventional split learning, whose client update equals end-to-end backprop; the
+  auxiliary head then trains as a probe on the detached activations and never changes the
+  client.
+
+Each optimizer gets exactly one ``zero_grad``, one backward and one ``step`` per batch, and
+the client runs one forward per batch (BatchNorm statistics move once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ContextManager, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from lightning_dsl.core.cut import Cut
+
+
+class Optimizer(Protocol):
+    """What the step needs of an optimizer (``torch.optim.Optimizer`` and Lightning's wrapper fit)."""
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...  # noqa: D102
+
+    def step(self, closure: Any = None) -> Any: ...  # noqa: D102
+
+
+Phase = Callable[[str], ContextManager[Any]]
+"""``phase("client")`` / ``phase("server")`` wraps the work of one side (memory accounting hooks in here)."""
+
+
+def no_phase(side: str) -> ContextManager[Any]:
+    """The default phase: does nothing."""
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What one step produced, all detached."""
+
+    loss: Tensor
+    aux_loss: Tensor
+    logits: Tensor
+    aux_logits: Tensor
+    labels: Tensor
+    feedback: bool
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the gradient by a constant on the way back."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_grad(tensor: Tensor, scale: float) -> Tensor:
+    """``tensor`` in the forward pass; its gradient times ``scale`` in the backward pass.
+
+    ``scale == 1`` returns ``tensor`` and ``scale == 0`` a detached copy, so the two limits
+    are exactly "full gradient" and "no gradient".
+    """
+    if scale == 1.0:
+        return tensor
+    if scale == 0.0:
+        return tensor.detach()
+    return _ScaleGrad.apply(tensor, scale)
+
+
+def split_step(
+    client: nn.Module,
+    server: nn.Module,
+    aux_head: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    cut: Cut,
+    client_optimizer: Optimizer,
+    server_optimizer: Optimizer,
+    criterion: Callable[[Tensor, Tensor], Tensor] = nn.functional.cross_entropy,
+    backward: Callable[[Tensor], None] = Tensor.backward,
+    feedback_weight: float | None = None,
+    phase: Phase = no_phase,
+) -> StepOutput:
+    """Train client, auxiliary head and server on one batch.
+
+    Args:
+        client: the layers before the cut.
+        server: the layers after the cut.
+        aux_head: the auxiliary classifier on the cut activation (stepped by ``client_optimizer``).
+        inputs: the batch's inputs (on the client).
+        labels: the batch's labels (sent up with the activations).
+        cut: the seam everything crossing between the sides passes through.
+        client_optimizer: optimizer over the client's and the auxiliary head's parameters.
+        server_optimizer: optimizer over the server's parameters.
+        criterion: loss on (logits, labels), used on both sides.
+        backward: how to run a backward pass on a scalar loss (Lightning's ``manual_backward``).
+        feedback_weight: ``None`` for a decoupled step; ``λ`` in ``[0, 1]`` for a step where the
+            server's gradient comes back down and weighs ``λ`` in the client's update.
+        phase: context-manager factory wrapped around each side's work.
+    """
+    if feedback_weight is None:
+        return _decoupled_step(
+            client, server, aux_head, inputs, labels, cut, client_optimizer, server_optimizer, criterion, backward, phase
+        )
+    return _feedback_step(
+        client,
+        server,
+        aux_head,
+        inputs,
+        labels,
+        cut,
+        client_optimizer,
+        server_optimizer,
+        criterion,
+        backward,
+        phase,
+        feedback_weight,
+    )
+
+
+def _decoupled_step(
+    client: nn.Module,
+    server: nn.Module,
+    aux_head: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    cut: Cut,
+    client_optimizer: Optimizer,
+    server_optimizer: Optimizer,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    backward: Callable[[Tensor], None],
+    phase: Phase,
+) -> StepOutput:
+    with phase("client"):
+        client_optimizer.zero_grad()
+        z = client(inputs)
+        aux_logits = aux_head(z)
+        aux_loss = criterion(aux_logits, labels)
+        backward(aux_loss)  # frees the client's graph: nothing of it is alive during the server's work
+        client_optimizer.step()
+        z_up, labels_up = cut.send_up(z.detach(), labels)
+        del z
+    with phase("server"):
+        server_optimizer.zero_grad()
+        logits = server(z_up)
+        loss = criterion(logits, labels_up)
+        backward(loss)
+        server_optimizer.step()
+    return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, False)
+
+
+def _feedback_step(
+    client: nn.Module,
+    server: nn.Module,
+    aux_head: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    cut: Cut,
+    client_optimizer: Optimizer,
+    server_optimizer: Optimizer,
+    criterion: Callable[[Tensor, Tensor], Tensor],
+    backward: Callable[[Tensor], None],
+    phase: Phase,
+    weight: float,
+) -> StepOutput:
+    with phase("client"):
+        client_optimizer.zero_grad()
+        z = client(inputs)
+        # The head always learns from the full auxiliary gradient; only its share in the client's
+        # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
+        aux_logits = aux_head(scale_grad(z, 1.0 - weight))
+        aux_loss = criterion(aux_logits, labels)
+        z_up, labels_up = cut.send_up(z.detach(), labels)
+    with phase("server"):
+        server_optimizer.zero_grad()
+        z_server = z_up.detach().requires_grad_()
+        logits = server(z_server)
+        loss = criterion(logits, labels_up)
+        backward(loss)
+        server_optimizer.step()
+        assert z_server.grad is not None
+        gradient = z_server.grad
+        del z_server
+    with phase("client"):
+        gradient = cut.send_down(gradient).detach()
+        if weight != 1.0:
+            gradient = weight * gradient
+        # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
+        # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
+        backward(aux_loss + (z * gradient).sum())
+        client_optimizer.step()
+    return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, True)

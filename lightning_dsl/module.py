@@ -1,0 +1,368 @@
+"""``DecoupledSplitModule``: split learning, decoupled or conventional, as a LightningModule.
+
+The algorithm of one step lives in :mod:`lightning_dsl.core.step`; this module wires it to
+Lightning: manual optimization with two optimizers, logging, schedulers and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_dsl.core.codecs import Codec, get_codec
+from lightning_dsl.core.cut import Cut
+from lightning_dsl.core.heads import build_aux_head, check_aux_head
+from lightning_dsl.core.split import split_network
+from lightning_dsl.core.step import StepOutput, split_step
+
+MODES = ("dsl", "sl", "hybrid")
+PhaseHook = Callable[[str], contextlib.AbstractContextManager[Any]]
+
+
+def default_optimizer(params: Any) -> torch.optim.Optimizer:
+    """The default for both sides: SGD, lr 0.1, momentum 0.9, weight decay 5e-4 (the CIFAR-ResNet recipe)."""
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+
+
+class DecoupledSplitModule(LightningModule):
+    """Train a network cut in two, with the client on an auxiliary loss (``dsl``) or on the server's gradient (``sl``).
+
+    Args:
+        network: the network to cut: an ``nn.Sequential`` (cut by child index), a module with
+            ``cut_units()`` (such as :class:`~lightning_dsl.models.CIFARResNet`), or the name of a
+            registered model (``"resnet110"``, ...; built with ``num_classes``). ``None``: a subclass
+            returns it from :meth:`build_network`.
+        split_index: number of cut units on the client (``1 .. units - 1``), or a cut name the
+            network defines (``"shallow"``, ``"middle"``, ``"deep"`` for the CIFAR ResNets). Required.
+        mode: ``"dsl"`` (decoupled: client on its auxiliary loss, nothing comes back), ``"sl"``
+            (conventional: the gradient at the cut comes back, the client update equals
+            end-to-end backprop) or ``"hybrid"`` (the gradient comes back every ``feedback_every``
+            batches and weighs ``feedback_weight`` in the client's update).
+        num_classes: number of classes (the CLI links it from the data module).
+        aux_head: ``"linear"``, ``"mlp"``, ``"conv"`` or an ``nn.Module`` taking the cut activation.
+        aux_head_kwargs: options of the built-in heads: ``pool`` (pooling grid side, 1 = global
+            average, 0 = none; default 1) and ``hidden`` (``"mlp"`` width; default 256).
+        client_optimizer: optimizer callable for the client and auxiliary-head parameters.
+            Default: SGD, lr 0.1, momentum 0.9, weight decay 5e-4.
+        server_optimizer: optimizer callable for the server parameters. Same default.
+        client_lr_scheduler: optional LR-scheduler callable for the client optimizer.
+        server_lr_scheduler: optional LR-scheduler callable for the server optimizer.
+        scheduler_interval: step the schedulers every ``"epoch"`` (default) or every ``"step"`` (batch).
+        feedback_weight: ``hybrid`` only: λ in ``[0, 1]`` (default 0.5). 0 is exactly ``dsl``; 1 with
+            ``feedback_every=1`` is exactly ``sl``.
+        feedback_every: ``hybrid`` only: the gradient comes down on every k-th batch (default 1).
+        codec: codec for the activations sent up (``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``,
+            ``"int8-channel"``).
+        grad_codec: codec for the gradient sent down (``sl``/``hybrid``).
+        input_shape: shape of one input sample, e.g. ``(3, 32, 32)``, used to build the auxiliary
+            head with its real shapes at construction (the CLI links it from the data module).
+            When ``None``, it is read from the data module at ``setup``.
+
+    Example::
+
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        >>> model = DecoupledSplitModule(net, split_index=3, num_classes=10, input_shape=(1, 8, 8))
+        >>> model.aux_head
+        Sequential(
+          (0): PoolFlatten(pool=1)
+          (1): Linear(in_features=32, out_features=10, bias=True)
+        )
+    """
+
+    def __init__(
+        self,
+        network: nn.Module | str | None = None,
+        split_index: int | str | None = None,
+        mode: str = "dsl",
+        num_classes: int = 10,
+        aux_head: str | nn.Module = "linear",
+        aux_head_kwargs: dict[str, Any] | None = None,
+        client_optimizer: OptimizerCallable = default_optimizer,
+        server_optimizer: OptimizerCallable = default_optimizer,
+        client_lr_scheduler: LRSchedulerCallable | None = None,
+        server_lr_scheduler: LRSchedulerCallable | None = None,
+        scheduler_interval: str = "epoch",
+        feedback_weight: float | None = None,
+        feedback_every: int | None = None,
+        codec: str | Codec = "none",
+        grad_codec: str | Codec = "none",
+        input_shape: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        ignore = [n for n, v in (("network", network), ("aux_head", aux_head)) if isinstance(v, nn.Module)]
+        ignore += [n for n, v in (("codec", codec), ("grad_codec", grad_codec)) if isinstance(v, Codec)]
+        self.save_hyperparameters(ignore=ignore)
+        self.automatic_optimization = False
+
+        if mode not in MODES:
+            raise ValueError(f"Expected argument `mode` to be one of {list(MODES)}, but got {mode!r}.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"Expected argument `num_classes` to be an int >= 2, but got {num_classes!r}.")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ValueError(f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}.")
+        self.mode = mode
+        self.num_classes = num_classes
+        self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
+        self.client_optimizer = client_optimizer
+        self.server_optimizer = server_optimizer
+        self.client_lr_scheduler = client_lr_scheduler
+        self.server_lr_scheduler = server_lr_scheduler
+        self.scheduler_interval = scheduler_interval
+        self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"))
+
+        if split_index is None:
+            raise ValueError("Argument `split_index` is required: the number of cut units on the client, or a cut name.")
+        if network is None:
+            network = self.build_network()
+        elif isinstance(network, str):
+            from lightning_dsl.models import create_model
+
+            network = create_model(network, num_classes=num_classes)
+        halves = split_network(network, split_index)
+        self.client, self.server = halves.client, halves.server
+        self.split_index, self.num_units = halves.split_index, halves.num_units
+
+        self._aux_head_spec = aux_head
+        self._aux_head_kwargs = dict(aux_head_kwargs or {})
+        self.aux_head: nn.Module = nn.Identity()  # replaced by `_build_aux_head` before any optimizer exists
+        self._aux_head_built = False
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        if self.input_shape is not None:
+            self._build_aux_head(self.input_shape)
+
+        self._phase_hooks: list[PhaseHook] = []
+        self.batches_trained = 0  # drives the hybrid feedback schedule; saved in checkpoints
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc, self.val_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
+        self.test_acc, self.test_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
+
+    # ------------------------------------------------------------------ construction
+    def build_network(self) -> nn.Module:
+        """Return the network to cut when none is passed in. Override this in a subclass."""
+        raise ValueError(
+            "Argument `network` is None and build_network() is not overridden: pass `network=` (an nn.Sequential,"
+            " a module with `cut_units()`, or a registered model name) or subclass and override build_network()."
+        )
+
+    def _build_aux_head(self, input_shape: Sequence[int]) -> None:
+        """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
+        z = self._probe_cut_activation(input_shape)
+        assert isinstance(self.cut.codec, Codec)
+        self.cut.codec.check_dtype(z.dtype)
+        head = build_aux_head(self._aux_head_spec, z.shape[1:], self.num_classes, **self._aux_head_kwargs)
+        check_aux_head(head, z, self.num_classes)
+        self.aux_head = head.to(z.device)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
+        self._aux_head_built = True
+
+    @torch.no_grad()
+    def _probe_cut_activation(self, input_shape: Sequence[int]) -> Tensor:
+        """Run the client on a dummy batch of 2 in eval mode: no BatchNorm statistic moves."""
+        parameter = next(self.client.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+        was_training = self.client.training
+        self.client.eval()
+        try:
+            return self.client(torch.zeros(2, *input_shape, device=device, dtype=dtype))
+        except Exception as err:
+            raise ValueError(
+                f"The client (units [0, {self.split_index}) of the network) cannot run on inputs of shape"
+                f" {tuple(input_shape)} (argument `input_shape`): {err}"
+            ) from err
+        finally:
+            self.client.train(was_training)
+
+    def setup(self, stage: str) -> None:
+        """Build the auxiliary head from the data when ``input_shape`` was not given; check the data fits."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if data_classes is not None and data_classes != self.num_classes:
+            raise ValueError(
+                f"Argument `num_classes` is {self.num_classes}, but the data module has {data_classes} classes."
+            )
+        if self._trainer is not None and self.mode != "dsl" and str(self.trainer.precision) == "16-mixed":
+            raise ValueError(
+                f"precision='16-mixed' is supported in mode 'dsl' only (the gradient sent down in mode {self.mode!r}"
+                " would be loss-scaled twice): use precision='bf16-mixed' or 32."
+            )
+        if not self._aux_head_built:
+            shape = getattr(datamodule, "input_shape", None)
+            if shape is None and datamodule is not None:
+                shape = tuple(next(iter(datamodule.train_dataloader()))[0].shape[1:])
+            if shape is None:
+                raise ValueError(
+                    "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
+                    " DecoupledSplitModule, or train with a data module that has an `input_shape` attribute."
+                )
+            self._build_aux_head(shape)
+
+    # ------------------------------------------------------------------ optimizers
+    def configure_optimizers(self) -> Any:
+        """Two optimizers, in this fixed order (checkpoints restore them by position): client + aux head, server."""
+        client_params = list(self.client.parameters()) + list(self.aux_head.parameters())
+        optimizers = [self.client_optimizer(client_params), self.server_optimizer(self.server.parameters())]
+        schedulers = []
+        self._scheduled_sides: list[int] = []
+        for side, (factory, optimizer) in enumerate(
+            zip((self.client_lr_scheduler, self.server_lr_scheduler), optimizers, strict=True)
+        ):
+            if factory is not None:
+                schedulers.append({"scheduler": factory(optimizer), "interval": self.scheduler_interval})
+                self._scheduled_sides.append(side)
+        return optimizers, schedulers
+
+    def _schedulers(self) -> list[Any]:
+        found = self.lr_schedulers()
+        if found is None:
+            return []
+        return list(found) if isinstance(found, list) else [found]
+
+    def _step_schedulers(self) -> None:
+        for scheduler in self._schedulers():
+            if isinstance(scheduler, ReduceLROnPlateau):
+                metric = self.trainer.callback_metrics.get("val/loss")
+                if metric is not None:
+                    scheduler.step(metric)
+            else:
+                scheduler.step()
+
+    # ------------------------------------------------------------------ phases (memory accounting hooks in here)
+    def add_phase_hook(self, hook: PhaseHook) -> None:
+        """Register ``hook(side)``, a context-manager factory wrapped around each side's work in a training step."""
+        self._phase_hooks.append(hook)
+
+    def remove_phase_hook(self, hook: PhaseHook) -> None:
+        """Unregister a hook added with :meth:`add_phase_hook`."""
+        if hook in self._phase_hooks:
+            self._phase_hooks.remove(hook)
+
+    @contextlib.contextmanager
+    def _phase(self, side: str) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for hook in self._phase_hooks:
+                stack.enter_context(hook(side))
+            yield
+
+    # ------------------------------------------------------------------ steps
+    def forward(self, x: Tensor) -> Tensor:
+        """The split network's prediction: ``server(client(x))``."""
+        return self.server(self.client(x))
+
+    def feedback_weight_at(self, batch: int) -> float | None:
+        """λ for the ``batch``-th training batch (0-based), or ``None`` for a decoupled step."""
+        if self.mode == "dsl":
+            return None
+        if self.mode == "sl":
+            return 1.0
+        assert self.feedback_weight is not None and self.feedback_every is not None
+        if self.feedback_weight == 0.0 or (batch + 1) % self.feedback_every != 0:
+            return None
+        return self.feedback_weight
+
+    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Any]:
+        """One split step (see :func:`lightning_dsl.core.step.split_step`)."""
+        inputs, labels = batch[0], batch[1]
+        self._check_labels(labels)
+        client_optimizer, server_optimizer = self.optimizers()  # type: ignore[misc]
+        out: StepOutput = split_step(
+            self.client,
+            self.server,
+            self.aux_head,
+            inputs,
+            labels,
+            cut=self.cut,
+            client_optimizer=client_optimizer,
+            server_optimizer=server_optimizer,
+            criterion=self.criterion,
+            backward=self.manual_backward,
+            feedback_weight=self.feedback_weight_at(self.batches_trained),
+            phase=self._phase,
+        )
+        self.batches_trained += 1
+        self.train_acc(out.logits, out.labels)
+        self.log("train/loss", out.loss, prog_bar=True)
+        self.log("train/aux_loss", out.aux_loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
+        if self.scheduler_interval == "step":
+            self._step_schedulers()
+        return {"loss": out.loss, "aux_loss": out.aux_loss, "feedback": out.feedback}
+
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        if self.scheduler_interval == "epoch":
+            self._step_schedulers()
+
+    def criterion(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss of both sides (cross-entropy). Override for another task."""
+        return nn.functional.cross_entropy(logits, labels)
+
+    def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
+        inputs, labels = batch[0], batch[1]
+        self._check_labels(labels)
+        z = self.client(inputs)
+        aux_logits = self.aux_head(z)
+        z_up, labels_up = self.cut.send_up(z, labels)  # evaluation traffic crosses the cut too
+        logits = self.server(z_up)
+        acc, aux_acc = (self.val_acc, self.val_aux_acc) if stage == "val" else (self.test_acc, self.test_aux_acc)
+        acc(logits, labels_up)
+        aux_acc(aux_logits, labels)
+        self.log(f"{stage}/loss", self.criterion(logits, labels_up), prog_bar=stage == "val")
+        self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
+        self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
+        self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
+
+    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
+        self._evaluate(batch, "test")
+
+    def _check_labels(self, labels: Tensor) -> None:
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"Expected integer class labels, but the batch's labels have dtype {labels.dtype}.")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= self.num_classes:
+            bad = low if low < 0 else high
+            raise ValueError(
+                f"Found label {bad} in a batch, outside [0, {self.num_classes - 1}] allowed by argument"
+                f" `num_classes`={self.num_classes}."
+            )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        checkpoint["lightning_dsl"] = {"batches_trained": self.batches_trained, "input_shape": self.input_shape}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
+        state = checkpoint.get("lightning_dsl", {})
+        self.batches_trained = int(state.get("batches_trained", 0))
+        if not self._aux_head_built and state.get("input_shape") is not None:
+            self._build_aux_head(state["input_shape"])
+
+
+def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple[float | None, int | None]:
+    """Validate the hybrid options; they are refused in the modes that would ignore them."""
+    if mode != "hybrid":
+        given = [n for n, v in (("feedback_weight", weight), ("feedback_every", every)) if v is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(f'`{n}`' for n in given)} only apply to mode 'hybrid', but mode is {mode!r}:"
+                " drop them, or set mode='hybrid'."
+            )
+        return None, None
+    weight = 0.5 if weight is None else weight
+    every = 1 if every is None else every
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"Expected argument `feedback_weight` to be a number in [0, 1], but got {weight!r}.")
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"Expected argument `feedback_every` to be an int >= 1, but got {every!r}.")
+    return float(weight), every

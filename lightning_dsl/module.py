@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dsl.core.codecs import Codec, get_codec
 from lightning_dsl.core.cut import Cut
-from lightning_dsl.core.heads import build_aux_head, check_aux_head
+from lightning_dsl.core.heads import HEAD_OPTIONS, build_aux_head, check_aux_head
 from lightning_dsl.core.split import split_network
 from lightning_dsl.core.step import StepOutput, split_step
 
@@ -108,7 +108,9 @@ class DecoupledSplitModule(LightningModule):
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"Expected argument `num_classes` to be an int >= 2, but got {num_classes!r}.")
         if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}.")
+            raise ValueError(
+                f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}."
+            )
         self.mode = mode
         self.num_classes = num_classes
         self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
@@ -120,7 +122,9 @@ class DecoupledSplitModule(LightningModule):
         self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"))
 
         if split_index is None:
-            raise ValueError("Argument `split_index` is required: the number of cut units on the client, or a cut name.")
+            raise ValueError(
+                "Argument `split_index` is required: the number of cut units on the client, or a cut name."
+            )
         if network is None:
             network = self.build_network()
         elif isinstance(network, str):
@@ -133,6 +137,9 @@ class DecoupledSplitModule(LightningModule):
 
         self._aux_head_spec = aux_head
         self._aux_head_kwargs = dict(aux_head_kwargs or {})
+        unknown = sorted(set(self._aux_head_kwargs) - set(HEAD_OPTIONS))
+        if unknown:
+            raise ValueError(f"Unknown keys {unknown} in argument `aux_head_kwargs`: allowed are {list(HEAD_OPTIONS)}.")
         self.aux_head: nn.Module = nn.Identity()  # replaced by `_build_aux_head` before any optimizer exists
         self._aux_head_built = False
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -274,7 +281,7 @@ class DecoupledSplitModule(LightningModule):
         """One split step (see :func:`lightning_dsl.core.step.split_step`)."""
         inputs, labels = batch[0], batch[1]
         self._check_labels(labels)
-        client_optimizer, server_optimizer = self.optimizers()  # type: ignore[misc]
+        client_optimizer, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
         out: StepOutput = split_step(
             self.client,
             self.server,

@@ -94,7 +94,8 @@ class CastCodec(Codec):
         # float16 cannot hold bfloat16's exponent range: values past 65504 would become inf.
         if self.wire_dtype == torch.float16 and dtype == torch.bfloat16:
             raise ValueError(
-                "Codec 'fp16' cannot represent bfloat16 activations (range up to 3.4e38 vs 65504): use 'bf16' or 'none'."
+                "Codec 'fp16' cannot represent bfloat16 activations (range up to 3.4e38 vs 65504):"
+                " use 'bf16' or 'none'."
             )
 
     def __repr__(self) -> str:

@@ -15,12 +15,11 @@ A user's own ``nn.Module`` is used as it is, after a check that it accepts ``z``
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 HEADS = ("linear", "mlp", "conv")
+HEAD_OPTIONS = ("pool", "hidden")
 
 
 class PoolFlatten(nn.Module):
@@ -32,10 +31,14 @@ class PoolFlatten(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:  # noqa: D102
         if z.dim() > 2 and self.pool > 0:
-            z = nn.functional.adaptive_avg_pool2d(z, self.pool) if z.dim() == 4 else z.mean(dim=tuple(range(2, z.dim())))
+            z = (
+                nn.functional.adaptive_avg_pool2d(z, self.pool)
+                if z.dim() == 4
+                else z.mean(dim=tuple(range(2, z.dim())))
+            )
         return z.flatten(1)
 
-    def extra_repr(self) -> str:
+    def extra_repr(self) -> str:  # noqa: D102
         return f"pool={self.pool}"
 
 
@@ -56,7 +59,6 @@ def build_aux_head(
     num_classes: int,
     pool: int = 1,
     hidden: int = 256,
-    **unused: Any,
 ) -> nn.Module:
     """Build the auxiliary head for cut activations of per-sample shape ``activation_shape``.
 
@@ -68,10 +70,8 @@ def build_aux_head(
         hidden: hidden width of the ``"mlp"`` head.
 
     Raises:
-        ValueError: for an unknown head name, bad options, or unknown keyword arguments.
+        ValueError: for an unknown head name or bad options.
     """
-    if unused:
-        raise ValueError(f"Unknown auxiliary-head options {sorted(unused)}: `aux_head_kwargs` accepts 'pool', 'hidden'.")
     if isinstance(spec, nn.Module):
         return spec
     if spec not in HEADS:
@@ -89,7 +89,9 @@ def build_aux_head(
             PoolFlatten(pool), nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
         )
     if len(shape) != 3:
-        raise ValueError(f"The 'conv' auxiliary head needs image-shaped activations (C, H, W), but the cut gives {tuple(shape)}.")
+        raise ValueError(
+            f"The 'conv' auxiliary head needs image-shaped activations (C, H, W), but the cut gives {tuple(shape)}."
+        )
     channels = shape[0]
     return nn.Sequential(
         nn.Conv2d(channels, channels, 3, padding=1, bias=False),

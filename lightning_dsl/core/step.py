@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -38,11 +39,11 @@ class Optimizer(Protocol):
     def step(self, closure: Any = None) -> Any: ...  # noqa: D102
 
 
-Phase = Callable[[str], ContextManager[Any]]
+Phase = Callable[[str], AbstractContextManager[Any]]
 """``phase("client")`` / ``phase("server")`` wraps the work of one side (memory accounting hooks in here)."""
 
 
-def no_phase(side: str) -> ContextManager[Any]:
+def no_phase(side: str) -> AbstractContextManager[Any]:
     """The default phase: does nothing."""
     return contextlib.nullcontext()
 
@@ -117,95 +118,71 @@ def split_step(
             server's gradient comes back down and weighs ``λ`` in the client's update.
         phase: context-manager factory wrapped around each side's work.
     """
+    step = _Step(client, server, aux_head, cut, client_optimizer, server_optimizer, criterion, backward, phase)
     if feedback_weight is None:
-        return _decoupled_step(
-            client, server, aux_head, inputs, labels, cut, client_optimizer, server_optimizer, criterion, backward, phase
-        )
-    return _feedback_step(
-        client,
-        server,
-        aux_head,
-        inputs,
-        labels,
-        cut,
-        client_optimizer,
-        server_optimizer,
-        criterion,
-        backward,
-        phase,
-        feedback_weight,
-    )
+        return step.decoupled(inputs, labels)
+    return step.with_feedback(inputs, labels, feedback_weight)
 
 
-def _decoupled_step(
-    client: nn.Module,
-    server: nn.Module,
-    aux_head: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    cut: Cut,
-    client_optimizer: Optimizer,
-    server_optimizer: Optimizer,
-    criterion: Callable[[Tensor, Tensor], Tensor],
-    backward: Callable[[Tensor], None],
-    phase: Phase,
-) -> StepOutput:
-    with phase("client"):
-        client_optimizer.zero_grad()
-        z = client(inputs)
-        aux_logits = aux_head(z)
-        aux_loss = criterion(aux_logits, labels)
-        backward(aux_loss)  # frees the client's graph: nothing of it is alive during the server's work
-        client_optimizer.step()
-        z_up, labels_up = cut.send_up(z.detach(), labels)
-        del z
-    with phase("server"):
-        server_optimizer.zero_grad()
-        logits = server(z_up)
-        loss = criterion(logits, labels_up)
-        backward(loss)
-        server_optimizer.step()
-    return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, False)
+@dataclass(frozen=True)
+class _Step:
+    """The two sides, the cut and the optimizers of one step."""
 
+    client: nn.Module
+    server: nn.Module
+    aux_head: nn.Module
+    cut: Cut
+    client_optimizer: Optimizer
+    server_optimizer: Optimizer
+    criterion: Callable[[Tensor, Tensor], Tensor]
+    backward: Callable[[Tensor], None]
+    phase: Phase
 
-def _feedback_step(
-    client: nn.Module,
-    server: nn.Module,
-    aux_head: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    cut: Cut,
-    client_optimizer: Optimizer,
-    server_optimizer: Optimizer,
-    criterion: Callable[[Tensor, Tensor], Tensor],
-    backward: Callable[[Tensor], None],
-    phase: Phase,
-    weight: float,
-) -> StepOutput:
-    with phase("client"):
-        client_optimizer.zero_grad()
-        z = client(inputs)
-        # The head always learns from the full auxiliary gradient; only its share in the client's
-        # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
-        aux_logits = aux_head(scale_grad(z, 1.0 - weight))
-        aux_loss = criterion(aux_logits, labels)
-        z_up, labels_up = cut.send_up(z.detach(), labels)
-    with phase("server"):
-        server_optimizer.zero_grad()
-        z_server = z_up.detach().requires_grad_()
-        logits = server(z_server)
-        loss = criterion(logits, labels_up)
-        backward(loss)
-        server_optimizer.step()
-        assert z_server.grad is not None
-        gradient = z_server.grad
-        del z_server
-    with phase("client"):
-        gradient = cut.send_down(gradient).detach()
-        if weight != 1.0:
-            gradient = weight * gradient
-        # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
-        # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
-        backward(aux_loss + (z * gradient).sum())
-        client_optimizer.step()
-    return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, True)
+    def decoupled(self, inputs: Tensor, labels: Tensor) -> StepOutput:
+        """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
+        with self.phase("client"):
+            self.client_optimizer.zero_grad()
+            z = self.client(inputs)
+            aux_logits = self.aux_head(z)
+            aux_loss = self.criterion(aux_logits, labels)
+            self.backward(aux_loss)  # frees the client's graph: nothing of it is alive during the server's work
+            self.client_optimizer.step()
+            z_up, labels_up = self.cut.send_up(z.detach(), labels)
+            del z
+        with self.phase("server"):
+            self.server_optimizer.zero_grad()
+            logits = self.server(z_up)
+            loss = self.criterion(logits, labels_up)
+            self.backward(loss)
+            self.server_optimizer.step()
+        return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, False)
+
+    def with_feedback(self, inputs: Tensor, labels: Tensor, weight: float) -> StepOutput:
+        """Server first; its gradient at the cut comes down and weighs ``weight`` in the client's update."""
+        with self.phase("client"):
+            self.client_optimizer.zero_grad()
+            z = self.client(inputs)
+            # The head always learns from the full auxiliary gradient; only its share in the client's
+            # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
+            aux_logits = self.aux_head(scale_grad(z, 1.0 - weight))
+            aux_loss = self.criterion(aux_logits, labels)
+            z_up, labels_up = self.cut.send_up(z.detach(), labels)
+        with self.phase("server"):
+            self.server_optimizer.zero_grad()
+            z_server = z_up.detach().requires_grad_()
+            logits = self.server(z_server)
+            loss = self.criterion(logits, labels_up)
+            self.backward(loss)
+            self.server_optimizer.step()
+            assert z_server.grad is not None
+            gradient = z_server.grad
+            del z_server
+        with self.phase("client"):
+            gradient = self.cut.send_down(gradient).detach()
+            if weight != 1.0:
+                gradient = weight * gradient
+            # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
+            # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
+            self.backward(aux_loss + (z * gradient).sum())
+            self.client_optimizer.step()
+        return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, True)

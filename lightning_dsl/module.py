@@ -300,7 +300,7 @@ class DecoupledSplitModule(LightningModule):
         self.train_acc(out.logits, out.labels)
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/aux_loss", out.aux_loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=True, on_epoch=True, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         if self.scheduler_interval == "step":
             self._step_schedulers()
         return {"loss": out.loss, "aux_loss": out.aux_loss, "feedback": out.feedback}

@@ -1,0 +1,6 @@
+"""``python -m lightning_dsl fit --config configs/quickstart.yaml``."""
+
+from lightning_dsl.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The end-of-run summary: a short table on the console and ``summary.json`` in the run's directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+# Metrics copied from ``trainer.callback_metrics`` when they exist.
+METRICS = ("val/acc", "val/aux_acc", "val/loss", "val/aux_loss", "train/loss", "train/aux_loss", "train/acc")
+
+
+class RunSummary(Callback):
+    """Collect the figures of a run at the end of ``fit`` (and ``test``), print them and save them.
+
+    Every other callback with a ``summary() -> dict`` method (the communication, memory and
+    throughput monitors) contributes its figures. The result is written to
+    ``<run dir>/summary.json`` (the first logger's ``log_dir``, else ``default_root_dir``) and
+    added to the W&B run's summary when a ``WandbLogger`` is attached.
+
+    Args:
+        filename: name of the JSON file.
+        dirpath: folder for the file; ``None`` puts it in the run directory.
+        print_summary: print the table at the end of ``fit``.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> trainer = Trainer(callbacks=[RunSummary()], logger=False)  # doctest: +SKIP
+    """
+
+    def __init__(self, filename: str = "summary.json", dirpath: str | None = None, print_summary: bool = True) -> None:
+        if not filename.endswith(".json"):
+            raise ValueError(f"Expected argument `filename` to end with '.json', got {filename!r}.")
+        self.filename = filename
+        self.dirpath = dirpath
+        self.print_summary = print_summary
+        self.summary: dict[str, Any] = {}
+        self.path: Path | None = None
+        self._fit_start = 0.0
+        self._epoch_start = 0.0
+        self._epoch_times: list[float] = []
+        self.history: list[dict[str, float]] = []
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._fit_start = time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._epoch_times.append(time.perf_counter() - self._epoch_start)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        # The per-epoch curve of the run (accuracy of the split network and of the head alone).
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        row = {"epoch": float(trainer.current_epoch)}
+        row.update({k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        self.history.append(row)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        summary: dict[str, Any] = {
+            "mode": getattr(pl_module, "mode", None),
+            "split_index": getattr(pl_module, "split_index", None),
+            "num_units": getattr(pl_module, "num_units", None),
+            "epochs": trainer.current_epoch,
+            "batches": getattr(pl_module, "batches_trained", None),
+            "optimizer_steps": trainer.global_step,
+            "fit_seconds": time.perf_counter() - self._fit_start,
+            "seconds_per_epoch": sum(self._epoch_times) / len(self._epoch_times) if self._epoch_times else None,
+        }
+        summary.update({k: _number(trainer.callback_metrics[k]) for k in METRICS if k in trainer.callback_metrics})
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            contribute = getattr(callback, "summary", None)
+            if callback is not self and callable(contribute):
+                summary.update(contribute())
+        summary["history"] = self.history
+        self._write(trainer, summary)
+        if self.print_summary:
+            _print_table(summary)
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        tests = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        self._write(trainer, {**self.summary, **tests})
+
+    @rank_zero_only
+    def _write(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        self.summary = summary
+        run_dir = Path(self.dirpath or trainer.log_dir or trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = run_dir / self.filename
+        self.path.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None}
+                logger.experiment.summary.update({f"summary/{k}": v for k, v in scalars.items()})
+
+
+def _number(value: Any) -> float:
+    number = float(value.item() if hasattr(value, "item") else value)
+    return number if math.isfinite(number) else float("nan")
+
+
+def _format(key: str, value: Any) -> str:
+    if isinstance(value, float) and "bytes" in key:
+        return _human_bytes(value)
+    if isinstance(value, int) and "bytes" in key:
+        return _human_bytes(float(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _human_bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+@rank_zero_only
+def _print_table(summary: dict[str, Any]) -> None:
+    rows = [(k, _format(k, v)) for k, v in summary.items() if k != "history" and v is not None]
+    width = max(len(k) for k, _ in rows)
+    lines = ["", "Run summary", "-" * (width + 20)] + [f"{k:<{width}}  {v}" for k, v in rows]
+    rank_zero_info("\n".join(lines) + "\n")

@@ -1,0 +1,122 @@
+"""scikit-learn's 8x8 handwritten digits: the offline quickstart data (bundled with scikit-learn, no download)."""
+
+from __future__ import annotations
+
+import torch
+from lightning.pytorch import LightningDataModule
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class DigitsDataModule(LightningDataModule):
+    """The 1,797 8x8 digit images of ``sklearn.datasets.load_digits`` in seeded, stratified splits.
+
+    Images are float tensors of shape ``(1, 8, 8)``: pixel values 0..16 are scaled to ``[0, 1]`` and then
+    normalized with the mean and standard deviation of the training split (``mean`` and ``std`` after
+    ``setup``), so no statistics leak from the validation or test images.
+
+    Args:
+        batch_size: batch size for all splits.
+        val_fraction: fraction of the images held out for validation.
+        test_fraction: fraction of the images held out for testing.
+        seed: seeds the splits and the shuffling.
+        num_workers: DataLoader worker processes (the data are tiny: 0 is fastest).
+
+    Raises:
+        ValueError: if a fraction leaves a split with fewer images than classes, or a count is negative.
+
+    Example::
+
+        >>> dm = DigitsDataModule(batch_size=32)
+        >>> dm.setup()
+        >>> len(dm.train_set), len(dm.val_set), len(dm.test_set)
+        (1257, 270, 270)
+        >>> x, y = next(iter(dm.train_dataloader()))
+        >>> tuple(x.shape), x.dtype, y.dtype
+        ((32, 1, 8, 8), torch.float32, torch.int64)
+    """
+
+    num_classes = 10
+    input_shape = (1, 8, 8)  # one image: the model builds its auxiliary head from it
+    num_images = 1797
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 < value < 1 or round(value * self.num_images) < self.num_classes:
+                raise ValueError(
+                    f"Expected argument `{arg}` to be in [{self.num_classes / self.num_images:.4f}, 1), enough for"
+                    f" at least one image per class in the split, but got {value}."
+                )
+        n_train = self.num_images - round(val_fraction * self.num_images) - round(test_fraction * self.num_images)
+        if n_train < self.num_classes:
+            raise ValueError(
+                f"Expected `val_fraction + test_fraction` to leave at least {self.num_classes} training images (one"
+                f" per class), but val_fraction={val_fraction} and test_fraction={test_fraction} leave {n_train}."
+            )
+        if batch_size < 1:
+            raise ValueError(f"Expected argument `batch_size` to be a positive integer, but got {batch_size}.")
+        if num_workers < 0:
+            raise ValueError(f"Expected argument `num_workers` to be 0 or more, but got {num_workers}.")
+        self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.num_workers = num_workers
+        self.mean = 0.0
+        self.std = 1.0
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the digits, split them (stratified, seeded) and normalize with the training statistics."""
+        if self.train_set is not None:
+            return
+        digits = load_digits()
+        images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
+        targets = torch.tensor(digits.target, dtype=torch.long)
+        n_val, n_test = round(self.val_fraction * len(targets)), round(self.test_fraction * len(targets))
+        indices = list(range(len(targets)))
+        rest, test_idx = train_test_split(indices, test_size=n_test, stratify=targets, random_state=self.seed)
+        train_idx, val_idx = train_test_split(rest, test_size=n_val, stratify=targets[rest], random_state=self.seed)
+        train_images = images[train_idx]
+        self.mean, self.std = train_images.mean().item(), train_images.std().item()
+
+        def subset(idx: list[int]) -> TensorDataset:
+            return TensorDataset((images[idx] - self.mean) / self.std, targets[idx])
+
+        self.train_set, self.val_set, self.test_set = subset(train_idx), subset(val_idx), subset(test_idx)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches (the order is seeded by ``seed``)."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches."""
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader(self.test_set)
+
+    def _loader(self, dataset: TensorDataset | None, shuffle: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("DigitsDataModule: call `setup()` before asking for a dataloader.")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+        )

@@ -100,6 +100,10 @@ class DecoupledSplitModule(LightningModule):
         super().__init__()
         ignore = [n for n, v in (("network", network), ("aux_head", aux_head)) if isinstance(v, nn.Module)]
         ignore += [n for n, v in (("codec", codec), ("grad_codec", grad_codec)) if isinstance(v, Codec)]
+        # Optimizer and scheduler callables are code, not hyperparameters: pickled into a checkpoint they
+        # make it unloadable with torch.load(weights_only=True), the default since torch 2.6. The CLI's
+        # config.yaml records them; load_from_checkpoint() takes them as keyword arguments.
+        ignore += ["client_optimizer", "server_optimizer", "client_lr_scheduler", "server_lr_scheduler"]
         self.save_hyperparameters(ignore=ignore)
         self.automatic_optimization = False
 
@@ -166,6 +170,8 @@ class DecoupledSplitModule(LightningModule):
         assert isinstance(self.cut.codec, Codec)
         self.cut.codec.check_dtype(z.dtype)
         head = build_aux_head(self._aux_head_spec, z.shape[1:], self.num_classes, **self._aux_head_kwargs)
+        if isinstance(self._aux_head_spec, str):  # a built-in head follows the network's device and dtype
+            head = head.to(device=z.device, dtype=z.dtype if z.is_floating_point() else None)
         check_aux_head(head, z, self.num_classes)
         self.aux_head = head.to(z.device)
         self.input_shape = tuple(int(s) for s in input_shape)

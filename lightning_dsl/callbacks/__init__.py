@@ -1,0 +1,8 @@
+"""Lightning callbacks that measure split learning: bytes across the cut, memory per side, throughput."""
+
+from lightning_dsl.callbacks.communication import CommunicationMonitor
+from lightning_dsl.callbacks.memory import PeakMemoryMonitor
+from lightning_dsl.callbacks.summary import RunSummary
+from lightning_dsl.callbacks.throughput import SplitThroughputMonitor
+
+__all__ = ["CommunicationMonitor", "PeakMemoryMonitor", "RunSummary", "SplitThroughputMonitor"]

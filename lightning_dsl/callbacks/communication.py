@@ -1,0 +1,210 @@
+"""Bytes that cross the cut: per step, per epoch, in total, and the static picture of a deployment."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lightning_dsl.callbacks.throughput import default_batch_size
+from lightning_dsl.core.cut import Traffic
+
+PREFIX = "comm/"
+
+
+class CommunicationMonitor(Callback):
+    """Log the bytes sent up (client to server) and down (server to client) through the module's cut.
+
+    The cut counts every tensor it carries at its real dtype and size (a float16 or int8 payload
+    costs what it costs; see :class:`~lightning_dsl.core.cut.Cut`); this callback reads its
+    cumulative :class:`~lightning_dsl.core.cut.Traffic` at the start and the end of each batch and
+    logs the difference:
+
+    * training: ``comm/bytes_up`` and ``comm/bytes_down`` per step and summed per epoch (Lightning
+      names them ``..._step`` and ``..._epoch``), and the running totals ``comm/total_bytes_up`` and
+      ``comm/total_bytes_down``, which are also the attributes :attr:`total_bytes_up` and
+      :attr:`total_bytes_down` and survive a resume from a checkpoint;
+    * validation and test (their activations cross the cut too): ``comm/val_bytes_up``,
+      ``comm/val_bytes_down``, ``comm/test_bytes_up``, ``comm/test_bytes_down``, summed per epoch;
+    * the static picture, at the first training batch: :attr:`bytes_per_sample_up` and
+      :attr:`bytes_per_sample_down` (down: of the first batch that sends anything down) and the
+      one-time cost of handing the client over, :attr:`client_parameter_bytes` (client and
+      auxiliary-head parameters) and :attr:`client_state_bytes` (with the buffers, the whole
+      ``state_dict``).
+
+    Logged values are float64 on the CPU, exact up to 2**53 bytes. Each process counts its own
+    traffic.
+
+    Args:
+        batch_size_fn: returns the number of samples in a batch (default: the length of its first tensor).
+        prog_bar: show the running total of bytes up in the progress bar.
+
+    Example::
+
+        >>> from lightning.pytorch import Trainer
+        >>> monitor = CommunicationMonitor()
+        >>> trainer = Trainer(callbacks=[monitor])  # doctest: +SKIP
+        >>> monitor.total_bytes_up, monitor.total_bytes_down
+        (0, 0)
+    """
+
+    def __init__(self, batch_size_fn: Callable[[Any], int] | None = None, prog_bar: bool = False) -> None:
+        self.batch_size_fn = batch_size_fn or default_batch_size
+        self.prog_bar = prog_bar
+        self.total_bytes_up = 0
+        self.total_bytes_down = 0
+        self.bytes_per_sample_up: float | None = None
+        self.bytes_per_sample_down: float | None = None
+        self.client_parameter_bytes: int | None = None
+        self.client_state_bytes: int | None = None
+        self.val_bytes_up = 0  # of the last complete validation run
+        self.val_bytes_down = 0
+        self.test_bytes_up = 0
+        self.test_bytes_down = 0
+        self._snapshot = Traffic()
+        self._eval_traffic = Traffic()
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _traffic(pl_module: LightningModule) -> Traffic:
+        cut = getattr(pl_module, "cut", None)
+        traffic = getattr(cut, "traffic", None)
+        if not isinstance(traffic, Traffic):
+            raise TypeError(
+                "CommunicationMonitor reads the traffic of the module's cut, so it needs a `DecoupledSplitModule`"
+                f" (a module with `cut.traffic`), but got `{type(pl_module).__name__}`."
+            )
+        return traffic
+
+    def _log(self, pl_module: LightningModule, name: str, value: int, batch_size: int, **kwargs: Any) -> None:
+        # float64 on the CPU: exact byte counts, and no host-device copy per step.
+        pl_module.log(PREFIX + name, torch.tensor(value, dtype=torch.float64), batch_size=batch_size, **kwargs)
+
+    # ------------------------------------------------------------------ training
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._traffic(pl_module)
+        modules = [getattr(pl_module, name, None) for name in ("client", "aux_head")]
+        client = [m for m in modules if isinstance(m, torch.nn.Module)]
+        parameters = {id(p): p for m in client for p in m.parameters()}.values()
+        buffers = {id(b): b for m in client for b in m.buffers()}.values()
+        self.client_parameter_bytes = sum(p.numel() * p.element_size() for p in parameters)
+        self.client_state_bytes = self.client_parameter_bytes + sum(b.numel() * b.element_size() for b in buffers)
+
+    def on_train_batch_start(  # noqa: D102
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._snapshot = self._traffic(pl_module).copy()
+
+    def on_train_batch_end(  # noqa: D102
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        sent = self._traffic(pl_module) - self._snapshot
+        batch_size = self.batch_size_fn(batch)
+        self.total_bytes_up += sent.bytes_up
+        self.total_bytes_down += sent.bytes_down
+        if self.bytes_per_sample_up is None:
+            self.bytes_per_sample_up = sent.bytes_up / batch_size
+        if not self.bytes_per_sample_down and sent.bytes_down:  # hybrid: the first batch that sends down
+            self.bytes_per_sample_down = sent.bytes_down / batch_size
+        elif self.bytes_per_sample_down is None:
+            self.bytes_per_sample_down = 0.0
+        step: dict[str, Any] = {"on_step": True, "on_epoch": True, "reduce_fx": "sum"}
+        self._log(pl_module, "bytes_up", sent.bytes_up, batch_size, **step)
+        self._log(pl_module, "bytes_down", sent.bytes_down, batch_size, **step)
+        self._log(pl_module, "total_bytes_up", self.total_bytes_up, batch_size, on_step=True, prog_bar=self.prog_bar)
+        self._log(pl_module, "total_bytes_down", self.total_bytes_down, batch_size, on_step=True)
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_traffic = Traffic()
+
+    def _eval_batch_start(self, pl_module: LightningModule) -> None:
+        self._snapshot = self._traffic(pl_module).copy()
+
+    def _eval_batch_end(self, trainer: Trainer, pl_module: LightningModule, batch: Any, stage: str) -> None:
+        sent = self._traffic(pl_module) - self._snapshot
+        self._eval_traffic.bytes_up += sent.bytes_up
+        self._eval_traffic.bytes_down += sent.bytes_down
+        if not trainer.sanity_checking:
+            kwargs: dict[str, Any] = {"on_step": False, "on_epoch": True, "reduce_fx": "sum"}
+            batch_size = self.batch_size_fn(batch)
+            self._log(pl_module, f"{stage}_bytes_up", sent.bytes_up, batch_size, **kwargs)
+            self._log(pl_module, f"{stage}_bytes_down", sent.bytes_down, batch_size, **kwargs)
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._eval_start(trainer, pl_module)
+
+    def on_validation_batch_start(  # noqa: D102
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_batch_start(pl_module)
+
+    def on_validation_batch_end(  # noqa: D102
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_end(trainer, pl_module, batch, "val")
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if not trainer.sanity_checking:
+            self.val_bytes_up, self.val_bytes_down = self._eval_traffic.bytes_up, self._eval_traffic.bytes_down
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._eval_start(trainer, pl_module)
+
+    def on_test_batch_start(  # noqa: D102
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_batch_start(pl_module)
+
+    def on_test_batch_end(  # noqa: D102
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_end(trainer, pl_module, batch, "test")
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self.test_bytes_up, self.test_bytes_down = self._eval_traffic.bytes_up, self._eval_traffic.bytes_down
+
+    # ------------------------------------------------------------------ state and results
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {
+            "total_bytes_up": self.total_bytes_up,
+            "total_bytes_down": self.total_bytes_down,
+            "bytes_per_sample_up": self.bytes_per_sample_up,
+            "bytes_per_sample_down": self.bytes_per_sample_down,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.total_bytes_up = int(state_dict.get("total_bytes_up", 0))
+        self.total_bytes_down = int(state_dict.get("total_bytes_down", 0))
+        self.bytes_per_sample_up = state_dict.get("bytes_per_sample_up")
+        self.bytes_per_sample_down = state_dict.get("bytes_per_sample_down")
+
+    def summary(self) -> dict[str, float | int]:
+        """The figures for the end-of-run summary (keys as logged, plus the static picture)."""
+        figures: dict[str, float | int | None] = {
+            "total_bytes_up": self.total_bytes_up,
+            "total_bytes_down": self.total_bytes_down,
+            "bytes_per_sample_up": self.bytes_per_sample_up,
+            "bytes_per_sample_down": self.bytes_per_sample_down,
+            "client_parameter_bytes": self.client_parameter_bytes,
+            "client_state_bytes": self.client_state_bytes,
+            "val_bytes_up": self.val_bytes_up,
+            "val_bytes_down": self.val_bytes_down,
+            "test_bytes_up": self.test_bytes_up,
+            "test_bytes_down": self.test_bytes_down,
+        }
+        return {PREFIX + k: v for k, v in figures.items() if v is not None}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_dsl.core.codecs import Codec, get_codec
+from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, build_aux_head, check_aux_head
 from lightning_dsl.core.split import split_network
@@ -132,8 +132,13 @@ class DecoupledSplitModule(LightningModule):
         if network is None:
             network = self.build_network()
         elif isinstance(network, str):
-            from lightning_dsl.models import create_model
+            from lightning_dsl.models import create_model, list_models
 
+            if network not in list_models():
+                raise ValueError(
+                    f"Expected argument `network` to be an nn.Module or a registered model name, one of"
+                    f" {list_models()}, but got {network!r}."
+                )
             network = create_model(network, num_classes=num_classes)
         halves = split_network(network, split_index)
         self.client, self.server = halves.client, halves.server
@@ -167,8 +172,7 @@ class DecoupledSplitModule(LightningModule):
     def _build_aux_head(self, input_shape: Sequence[int]) -> None:
         """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
         z = self._probe_cut_activation(input_shape)
-        assert isinstance(self.cut.codec, Codec)
-        self.cut.codec.check_dtype(z.dtype)
+        self._check_codecs(z.dtype)
         head = build_aux_head(self._aux_head_spec, z.shape[1:], self.num_classes, **self._aux_head_kwargs)
         if isinstance(self._aux_head_spec, str):  # a built-in head follows the network's device and dtype
             head = head.to(device=z.device, dtype=z.dtype if z.is_floating_point() else None)
@@ -177,6 +181,13 @@ class DecoupledSplitModule(LightningModule):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
         self._aux_head_built = True
+
+    def _check_codecs(self, dtype: torch.dtype) -> None:
+        """Refuse a codec that cannot carry the cut's ``dtype`` (the gradient sent down has the same dtype)."""
+        assert isinstance(self.cut.codec, Codec) and isinstance(self.cut.grad_codec, Codec)
+        check_codec_dtype(self.cut.codec, dtype, "codec")
+        if self.mode != "dsl":  # in dsl nothing is sent down
+            check_codec_dtype(self.cut.grad_codec, dtype, "grad_codec")
 
     @torch.no_grad()
     def _probe_cut_activation(self, input_shape: Sequence[int]) -> Tensor:
@@ -209,6 +220,8 @@ class DecoupledSplitModule(LightningModule):
                 f"precision='16-mixed' is supported in mode 'dsl' only (the gradient sent down in mode {self.mode!r}"
                 " would be loss-scaled twice): use precision='bf16-mixed' or 32."
             )
+        if self._trainer is not None and str(self.trainer.precision).startswith("bf16"):
+            self._check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut
         if not self._aux_head_built:
             shape = getattr(datamodule, "input_shape", None)
             if shape is None and datamodule is not None:
@@ -365,11 +378,12 @@ class DecoupledSplitModule(LightningModule):
 def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple[float | None, int | None]:
     """Validate the hybrid options; they are refused in the modes that would ignore them."""
     if mode != "hybrid":
-        given = [n for n, v in (("feedback_weight", weight), ("feedback_every", every)) if v is not None]
+        given = [(n, v) for n, v in (("feedback_weight", weight), ("feedback_every", every)) if v is not None]
         if given:
+            names, values = " and ".join(f"argument `{n}`" for n, _ in given), ", ".join(f"{n}={v!r}" for n, v in given)
             raise ValueError(
-                f"{', '.join(f'`{n}`' for n in given)} only apply to mode 'hybrid', but mode is {mode!r}:"
-                " drop them, or set mode='hybrid'."
+                f"Expected {names} to be None in mode {mode!r} (the feedback options apply only to mode 'hybrid'),"
+                f" but got {values}: leave them out, or set mode='hybrid'."
             )
         return None, None
     weight = 0.5 if weight is None else weight

@@ -1,6 +1,15 @@
 """The torch-only core: cutting networks, auxiliary heads, the cut seam, codecs and the training step."""
 
-from lightning_dsl.core.codecs import CastCodec, Codec, IdentityCodec, Int8Codec, Payload, available_codecs, get_codec
+from lightning_dsl.core.codecs import (
+    CastCodec,
+    Codec,
+    IdentityCodec,
+    Int8Codec,
+    Payload,
+    available_codecs,
+    check_codec_dtype,
+    get_codec,
+)
 from lightning_dsl.core.cut import Cut, Traffic
 from lightning_dsl.core.heads import build_aux_head, check_aux_head
 from lightning_dsl.core.split import Cuttable, SplitNetwork, cut_units, named_cuts, resolve_split_index, split_network
@@ -20,6 +29,7 @@ __all__ = [
     "available_codecs",
     "build_aux_head",
     "check_aux_head",
+    "check_codec_dtype",
     "cut_units",
     "get_codec",
     "named_cuts",

@@ -51,9 +51,9 @@ class Codec(ABC):
         """Return a tensor of the original dtype and shape."""
 
     def check_dtype(self, dtype: torch.dtype) -> None:
-        """Raise if this codec cannot carry tensors of ``dtype``."""
+        """Raise a ``ValueError`` saying why this codec cannot carry tensors of ``dtype``."""
         if not dtype.is_floating_point:
-            raise ValueError(f"Codec {self.name!r} encodes floating-point tensors, but the cut carries {dtype}.")
+            raise ValueError(f"codec {self.name!r} encodes only real floating-point tensors; use 'none'")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -94,8 +94,7 @@ class CastCodec(Codec):
         # float16 cannot hold bfloat16's exponent range: values past 65504 would become inf.
         if self.wire_dtype == torch.float16 and dtype == torch.bfloat16:
             raise ValueError(
-                "Codec 'fp16' cannot represent bfloat16 activations (range up to 3.4e38 vs 65504):"
-                " use 'bf16' or 'none'."
+                "codec 'fp16' cannot represent bfloat16 values (range up to 3.4e38 vs 65504); use 'bf16' or 'none'"
             )
 
     def __repr__(self) -> str:
@@ -142,6 +141,26 @@ class Int8Codec(Codec):
 def available_codecs() -> list[str]:
     """Names accepted by :func:`get_codec`."""
     return ["none", "fp16", "bf16", "int8", "int8-channel"]
+
+
+def check_codec_dtype(codec: Codec, dtype: torch.dtype, argument: str = "codec") -> None:
+    """Raise a ``ValueError`` naming ``argument`` when ``codec`` cannot carry tensors of ``dtype``.
+
+    Example::
+
+        >>> check_codec_dtype(get_codec("fp16"), torch.bfloat16, "grad_codec")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `grad_codec` to be a codec that can carry torch.bfloat16 tensors, got 'fp16': ...
+    """
+    try:
+        codec.check_dtype(dtype)
+    except ValueError as err:
+        reason = str(err).rstrip(".")
+        raise ValueError(
+            f"Expected argument `{argument}` to be a codec that can carry {dtype} tensors, got {codec.name!r}:"
+            f" {reason}."
+        ) from err
 
 
 def get_codec(spec: str | Codec, argument: str = "codec") -> Codec:

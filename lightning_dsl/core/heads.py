@@ -76,9 +76,9 @@ def build_aux_head(
         return spec
     if spec not in HEADS:
         raise ValueError(f"Expected argument `aux_head` to be one of {list(HEADS)} or an nn.Module, got {spec!r}.")
-    if not isinstance(pool, int) or pool < 0:
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
         raise ValueError(f"Expected `aux_head_kwargs['pool']` to be an int >= 0 (0: no pooling), got {pool!r}.")
-    if not isinstance(hidden, int) or hidden < 1:
+    if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise ValueError(f"Expected `aux_head_kwargs['hidden']` to be a positive int, got {hidden!r}.")
     shape = torch.Size(activation_shape)
     features = _pooled_features(shape, pool)
@@ -90,7 +90,8 @@ def build_aux_head(
         )
     if len(shape) != 3:
         raise ValueError(
-            f"The 'conv' auxiliary head needs image-shaped activations (C, H, W), but the cut gives {tuple(shape)}."
+            f"Expected argument `aux_head` to be 'linear', 'mlp' or an nn.Module for a cut activation of per-sample"
+            f" shape {tuple(shape)}, got 'conv', which needs image-shaped activations (C, H, W)."
         )
     channels = shape[0]
     return nn.Sequential(

@@ -65,9 +65,16 @@ def resolve_split_index(network: nn.Module, split_index: int | str) -> int:
     """Turn ``split_index`` (an index or a cut name) into a validated integer index.
 
     Raises:
-        ValueError: for an index outside ``1 .. num_units - 1`` or an unknown cut name.
+        ValueError: for an index outside ``1 .. num_units - 1``, an unknown cut name, or a network
+            with fewer than 2 cut units.
+        TypeError: for a ``split_index`` that is neither an int nor a string.
     """
     units = cut_units(network)
+    if len(units) < 2:
+        raise ValueError(
+            f"Expected argument `network` to have at least 2 cut units (one per side), but this"
+            f" {type(network).__name__} has {len(units)}: add layers, or list finer units in `cut_units()`."
+        )
     names = named_cuts(network)
     if isinstance(split_index, str):
         if split_index.lstrip("-").isdigit():

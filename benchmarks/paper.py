@@ -21,6 +21,7 @@ import sys
 import tarfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,59 @@ CUTS = ("shallow", "middle", "deep")
 MODES = ("sl", "dsl")
 
 
-def run_name(dataset: str, cut: str, mode: str, seed: int) -> str:
-    return f"{dataset}-{cut}-{mode}-s{seed}"
+@dataclass(frozen=True)
+class Variant:
+    """One arm of a study: a name (no '-'), the mode and the CLI overrides that make it."""
+
+    name: str
+    mode: str
+    overrides: tuple[str, ...] = ()
+    label: str = ""
+
+
+SL = Variant("sl", "sl", label="sl")
+# The paper's head (one linear layer, here on globally pooled z), named so the arm does not move with the default.
+DSL = Variant("dsl", "dsl", ("--model.init_args.aux_head=linear",), label="dsl, linear head (pool 1)")
+
+
+def _head(name: str, head: str, label: str, **kwargs: int) -> Variant:
+    overrides = [f"--model.init_args.aux_head={head}"]
+    overrides += [f"--model.init_args.aux_head_kwargs.{k}={v}" for k, v in kwargs.items()]
+    return Variant(name, "dsl", tuple(overrides), label)
+
+
+def _hybrid(every: int, weight: float) -> Variant:
+    name = f"hybrid_k{every}_w{str(weight).replace('.', 'p')}"
+    overrides = (f"--model.init_args.feedback_every={every}", f"--model.init_args.feedback_weight={weight}")
+    return Variant(name, "hybrid", overrides, f"hybrid k={every} λ={weight}")
+
+
+def _codec(mode: str, codec: str) -> Variant:
+    return Variant(f"{mode}_{codec}", mode, (f"--model.init_args.codec={codec}",), f"{mode} + {codec}")
+
+
+# What each study sweeps, and at which cuts. Every study shares the sl and dsl arms of the paper study,
+# so a sweep never trains the same run twice.
+STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
+    "paper": (CUTS, (SL, DSL)),
+    "heads": (
+        ("shallow",),
+        (
+            SL,
+            DSL,
+            _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2),
+            _head("dsl_pool4", "linear", "dsl, linear head (pool 4)", pool=4),
+            _head("dsl_mlp", "mlp", "dsl, mlp head"),
+            _head("dsl_conv", "conv", "dsl, conv head"),
+        ),
+    ),
+    "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5))),
+    "codecs": (("shallow",), (SL, DSL, _codec("dsl", "fp16"), _codec("dsl", "int8"), _codec("sl", "int8"))),
+}
+
+
+def run_name(dataset: str, cut: str, variant: str, seed: int) -> str:
+    return f"{dataset}-{cut}-{variant}-s{seed}"
 
 
 def ensure_jpeg_copy(root: Path) -> None:
@@ -48,7 +100,7 @@ def ensure_jpeg_copy(root: Path) -> None:
         archive.extractall(root, filter="data")
 
 
-def command(args: argparse.Namespace, dataset: str, cut: str, mode: str, seed: int, run_dir: Path) -> list[str]:
+def command(args: argparse.Namespace, dataset: str, cut: str, variant: Variant, seed: int, run_dir: Path) -> list[str]:
     overlay = {
         "trainer": {
             "logger": [
@@ -78,7 +130,8 @@ def command(args: argparse.Namespace, dataset: str, cut: str, mode: str, seed: i
     if args.protocol == "cpu":
         cmd += ["--config", str(REPO / "configs/paper/cpu.yaml")]
     cmd += ["--config", str(run_dir / "runner.yaml")]
-    cmd += [f"--model.init_args.mode={mode}", f"--model.init_args.split_index={cut}", f"--seed_everything={seed}"]
+    cmd += [f"--model.init_args.mode={variant.mode}", f"--model.init_args.split_index={cut}"]
+    cmd += [f"--seed_everything={seed}", *variant.overrides]
     cmd += [f"--data.init_args.seed={seed}"]
     if args.root:
         cmd += [f"--data.init_args.root={args.root}"]
@@ -86,51 +139,61 @@ def command(args: argparse.Namespace, dataset: str, cut: str, mode: str, seed: i
     return cmd
 
 
+def planned(args: argparse.Namespace) -> list[tuple[str, str, Variant, int]]:
+    """The runs of the chosen studies, in order, each once."""
+    runs: dict[str, tuple[str, str, Variant, int]] = {}
+    for study in args.studies:
+        cuts, variants = STUDIES[study]
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                for cut in [c for c in cuts if c in args.cuts]:
+                    for variant in variants:
+                        if study == "paper" and variant.mode not in args.modes:
+                            continue
+                        if args.arms and variant.name not in args.arms:
+                            continue
+                        runs.setdefault(run_name(dataset, cut, variant.name, seed), (dataset, cut, variant, seed))
+    return list(runs.values())
+
+
 def sweep(args: argparse.Namespace) -> None:
     if args.protocol == "cpu" and args.root:
         ensure_jpeg_copy(Path(args.root))
-    for dataset in args.datasets:
-        for seed in args.seeds:
-            for cut in args.cuts:
-                for mode in args.modes:
-                    run_dir = args.out / run_name(dataset, cut, mode, seed)
-                    if (run_dir / "summary.json").exists():
-                        print(f"[skip] {run_dir.name}: summary.json exists", flush=True)
-                        continue
-                    cmd = command(args, dataset, cut, mode, seed, run_dir)
-                    print(f"[run ] {run_dir.name}: {' '.join(cmd)}", flush=True)
-                    if args.dry_run:
-                        continue
-                    start = time.perf_counter()
-                    with open(run_dir / "stdout.log", "w") as log:
-                        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-                    print(f"[done] {run_dir.name}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
-                    if code != 0:
-                        print(f"       see {run_dir / 'stdout.log'}", flush=True)
+    for dataset, cut, variant, seed in planned(args):
+        run_dir = args.out / run_name(dataset, cut, variant.name, seed)
+        if (run_dir / "summary.json").exists():
+            print(f"[skip] {run_dir.name}: summary.json exists", flush=True)
+            continue
+        cmd = command(args, dataset, cut, variant, seed, run_dir)
+        print(f"[run ] {run_dir.name}: {' '.join(cmd)}", flush=True)
+        if args.dry_run:
+            continue
+        start = time.perf_counter()
+        with open(run_dir / "stdout.log", "w") as log:
+            code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        print(f"[done] {run_dir.name}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
+        if code != 0:
+            print(f"       see {run_dir / 'stdout.log'}", flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- report
-FIGURES = {
-    "val/acc": "test acc (split network)",
-    "val/aux_acc": "test acc (client + aux head)",
-    "comm/bytes_up_per_epoch": "bytes up / epoch",
-    "comm/bytes_down_per_epoch": "bytes down / epoch",
-    "memory/saved_peak_bytes": "peak saved activations (B)",
-    "seconds_per_epoch": "s / epoch",
-}
 
 
 def collect(out: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    """Every finished run under ``out``, keyed by (dataset, cut, variant)."""
     runs: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for path in sorted(out.glob("*/summary.json")):
-        dataset, cut, mode, _ = path.parent.name.split("-")
+        dataset, cut, variant, _ = path.parent.name.split("-")
         summary = json.loads(path.read_text())
         epochs = max(summary.get("epochs") or 1, 1)
         for direction in ("up", "down"):
             total = summary.get(f"comm/total_bytes_{direction}")
             if total is not None:
                 summary[f"comm/bytes_{direction}_per_epoch"] = total / epochs
-        runs[(dataset, cut, mode)].append(summary)
+        summary["comm/bytes_per_epoch"] = summary.get("comm/bytes_up_per_epoch", 0) + summary.get(
+            "comm/bytes_down_per_epoch", 0
+        )
+        runs[(dataset, cut, variant)].append(summary)
     return runs
 
 
@@ -138,27 +201,58 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def fmt(key: str, values: list[float]) -> str:
-    if not values:
+def values(summaries: list[dict[str, Any]], key: str) -> list[float]:
+    return [s[key] for s in summaries if s.get(key) is not None]
+
+
+def fmt(key: str, figures: list[float]) -> str:
+    if not figures:
         return "–"
-    mean, std = mean_std(values)
+    mean, std = mean_std(figures)
     if "acc" in key:
         text, spread = f"{100 * mean:.2f}", f"{100 * std:.2f}"
     elif "bytes" in key:
         text, spread = f"{mean / 2**20:.1f} MiB", f"{std / 2**20:.1f}"
+    elif key.startswith("params/"):
+        text, spread = f"{int(mean):,}", f"{std:.0f}"
     else:
         text, spread = f"{mean:.1f}", f"{std:.1f}"
-    return f"{text} ± {spread}" if len(values) > 1 else text
+    return f"{text} ± {spread}" if len(figures) > 1 else text
 
 
-def table(runs: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
-    lines = ["| dataset | cut | mode | seeds | " + " | ".join(FIGURES.values()) + " |"]
-    lines.append("|" + "---|" * (4 + len(FIGURES)))
-    for (dataset, cut, mode), summaries in sorted(
-        runs.items(), key=lambda kv: (kv[0][0], CUTS.index(kv[0][1]), kv[0][2])
-    ):
-        cells = [fmt(k, [s[k] for s in summaries if s.get(k) is not None]) for k in FIGURES]
-        lines.append(f"| {dataset} | {cut} | {mode} | {len(summaries)} | " + " | ".join(cells) + " |")
+def ratio(over: list[dict[str, Any]], under: list[dict[str, Any]], key: str) -> str:
+    a, b = values(over, key), values(under, key)
+    return f"{statistics.fmean(a) / statistics.fmean(b):.3f}" if a and b and statistics.fmean(b) else "–"
+
+
+PAPER_FIGURES = {
+    "val/acc": "test acc (split network)",
+    "val/aux_acc": "test acc (client + aux head)",
+    "comm/bytes_up_per_epoch": "bytes up / epoch",
+    "comm/bytes_down_per_epoch": "bytes down / epoch",
+    "memory/saved_peak_bytes": "peak saved activations",
+    "seconds_per_epoch": "s / epoch",
+}
+STUDY_FIGURES = {
+    "val/acc": "test acc (split network)",
+    "val/aux_acc": "test acc (client + aux head)",
+    "comm/bytes_per_epoch": "bytes up+down / epoch",
+    "memory/saved_peak_bytes": "peak saved activations",
+    "seconds_per_epoch": "s / epoch",
+    "params/aux_head": "aux head params",
+}
+
+
+def paper_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
+    lines = ["| dataset | cut | mode | seeds | " + " | ".join(PAPER_FIGURES.values()) + " |"]
+    lines.append("|" + "---|" * (4 + len(PAPER_FIGURES)))
+    for dataset in sorted({k[0] for k in runs}):
+        for cut in CUTS:
+            for mode in MODES:
+                summaries = runs.get((dataset, cut, mode))
+                if summaries:
+                    cells = [fmt(k, values(summaries, k)) for k in PAPER_FIGURES]
+                    lines.append(f"| {dataset} | {cut} | {mode} | {len(summaries)} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "| dataset | cut | dsl − sl acc (points) | bytes ratio dsl/sl | memory ratio dsl/sl | time ratio dsl/sl |",
@@ -169,128 +263,168 @@ def table(runs: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
             sl, dsl = runs.get((dataset, cut, "sl")), runs.get((dataset, cut, "dsl"))
             if not sl or not dsl:
                 continue
-
-            def ratio(key: str) -> str:
-                a = [s[key] for s in dsl if s.get(key)]
-                b = [s[key] for s in sl if s.get(key)]
-                return f"{statistics.fmean(a) / statistics.fmean(b):.3f}" if a and b else "–"
-
-            gap = 100 * (statistics.fmean(s["val/acc"] for s in dsl) - statistics.fmean(s["val/acc"] for s in sl))
-            up_dsl = statistics.fmean(s.get("comm/total_bytes_up", 0) + s.get("comm/total_bytes_down", 0) for s in dsl)
-            up_sl = statistics.fmean(s.get("comm/total_bytes_up", 0) + s.get("comm/total_bytes_down", 0) for s in sl)
-            bytes_ratio = f"{up_dsl / up_sl:.3f}" if up_sl else "–"
+            gap = 100 * (statistics.fmean(values(dsl, "val/acc")) - statistics.fmean(values(sl, "val/acc")))
             lines.append(
-                f"| {dataset} | {cut} | {gap:+.2f} | {bytes_ratio} | {ratio('memory/saved_peak_bytes')} |"
-                f" {ratio('seconds_per_epoch')} |"
+                f"| {dataset} | {cut} | {gap:+.2f} | {ratio(dsl, sl, 'comm/bytes_per_epoch')} |"
+                f" {ratio(dsl, sl, 'memory/saved_peak_bytes')} | {ratio(dsl, sl, 'seconds_per_epoch')} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path) -> list[Path]:
-    import matplotlib
+def study_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]], study: str) -> str:
+    cuts, variants = STUDIES[study]
+    lines = ["| dataset | cut | arm | seeds | " + " | ".join(STUDY_FIGURES.values()) + " | bytes / sl's |"]
+    lines.append("|" + "---|" * (5 + len(STUDY_FIGURES)))
+    for dataset in sorted({k[0] for k in runs}):
+        for cut in cuts:
+            sl = runs.get((dataset, cut, "sl"), [])
+            for variant in variants:
+                summaries = runs.get((dataset, cut, variant.name))
+                if summaries:
+                    cells = [fmt(k, values(summaries, k)) for k in STUDY_FIGURES]
+                    cells.append(ratio(summaries, sl, "comm/bytes_per_epoch"))
+                    lines.append(
+                        f"| {dataset} | {cut} | {variant.label or variant.name} | {len(summaries)} | "
+                        + " | ".join(cells)
+                        + " |"
+                    )
+    return "\n".join(lines) + "\n"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def _bar(ax: Any, x: float, figures: list[float], width: float, **style: Any) -> None:
+    mean, std = mean_std(figures)
+    ax.bar(x, mean, width, yerr=std if len(figures) > 1 else None, edgecolor="black", linewidth=0.5, **style)
+
+
+def _curves(ax: Any, summaries: list[dict[str, Any]], color: str, label: str, aux: bool = True) -> None:
+    for i, summary in enumerate(summaries):
+        history = summary.get("history", [])
+        epochs = [h["epoch"] + 1 for h in history]
+        ax.plot(
+            epochs,
+            [100 * h.get("val/acc", float("nan")) for h in history],
+            color=color,
+            label=label if i == 0 else None,
+        )
+        if aux:
+            aux_acc = [100 * h.get("val/aux_acc", float("nan")) for h in history]
+            ax.plot(epochs, aux_acc, color=color, linestyle="--", label=f"{label} (aux head)" if i == 0 else None)
+
+
+def paper_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any) -> list[Path]:
     written = []
     for dataset in sorted({k[0] for k in runs}):
         cuts = [c for c in CUTS if any((dataset, c, m) in runs for m in MODES)]
+        if not cuts:
+            continue
         fig, axes = plt.subplots(1, 4, figsize=(18, 4))
-        keys = [
-            ("val/acc", "val/aux_acc"),
-            ("comm/bytes_up_per_epoch", "comm/bytes_down_per_epoch"),
-            ("memory/saved_peak_bytes",),
-            ("seconds_per_epoch",),
+        groups = [
+            (("val/acc", "val/aux_acc"), "test accuracy % (solid: split network, hatched: aux head)", 100),
+            (
+                ("comm/bytes_up_per_epoch", "comm/bytes_down_per_epoch"),
+                "MiB per epoch (solid: up, hatched: down)",
+                2**-20,
+            ),
+            (("memory/saved_peak_bytes",), "peak saved activations (MiB)", 2**-20),
+            (("seconds_per_epoch",), "seconds per epoch", 1),
         ]
-        titles = [
-            "test accuracy (solid: split network, hatched: aux head)",
-            "MiB per epoch (solid: up, hatched: down)",
-            "peak saved activations (MiB)",
-            "seconds per epoch",
-        ]
-        for ax, group, title in zip(axes, keys, titles, strict=True):
-            width = 0.8 / (len(MODES) * len(group))
+        for ax, (keys, title, scale) in zip(axes, groups, strict=True):
+            width = 0.8 / (len(MODES) * len(keys))
             for i, cut in enumerate(cuts):
                 for j, mode in enumerate(MODES):
-                    for g, key in enumerate(group):
-                        values = [s[key] for s in runs.get((dataset, cut, mode), []) if s.get(key) is not None]
-                        if not values:
-                            continue
-                        mean, std = mean_std(values)
-                        scale = 100 if "acc" in key else (1 / 2**20 if "bytes" in key else 1)
-                        offset = (j * len(group) + g) * width - 0.4 + width / 2
-                        ax.bar(
-                            i + offset,
-                            mean * scale,
-                            width,
-                            yerr=std * scale if len(values) > 1 else None,
-                            color=f"C{j}",
-                            hatch="//" if g else None,
-                            edgecolor="black",
-                            linewidth=0.5,
-                            label=f"{mode}" if (i == 0 and g == 0) else None,
-                        )
+                    for g, key in enumerate(keys):
+                        figures = [v * scale for v in values(runs.get((dataset, cut, mode), []), key)]
+                        if figures:
+                            x = i + (j * len(keys) + g) * width - 0.4 + width / 2
+                            label = mode if (i == 0 and g == 0) else None
+                            _bar(ax, x, figures, width, color=f"C{j}", hatch="//" if g else None, label=label)
             ax.set_xticks(range(len(cuts)), cuts)
             ax.set_title(title, fontsize=9)
             ax.legend(fontsize=8)
         fig.suptitle(f"{dataset}: sl vs dsl at each cut")
         fig.tight_layout()
-        path = out / f"{dataset}_bars.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"{dataset}_bars.png", plt))
 
         fig, axes = plt.subplots(1, len(cuts), figsize=(5 * len(cuts), 3.6), squeeze=False)
         for ax, cut in zip(axes[0], cuts, strict=True):
             for j, mode in enumerate(MODES):
-                for summary in runs.get((dataset, cut, mode), []):
-                    history = summary.get("history", [])
-                    epochs = [h["epoch"] + 1 for h in history]
-                    ax.plot(
-                        epochs,
-                        [100 * h.get("val/acc", float("nan")) for h in history],
-                        color=f"C{j}",
-                        label=f"{mode} split",
-                    )
-                    ax.plot(
-                        epochs,
-                        [100 * h.get("val/aux_acc", float("nan")) for h in history],
-                        color=f"C{j}",
-                        linestyle="--",
-                        label=f"{mode} aux head",
-                    )
-            ax.set_title(f"cut: {cut}")
-            ax.set_xlabel("epoch")
-            ax.set_ylabel("test accuracy (%)")
-            handles, labels = ax.get_legend_handles_labels()
-            unique = dict(zip(labels, handles, strict=True))
-            ax.legend(unique.values(), unique.keys(), fontsize=8)
+                _curves(ax, runs.get((dataset, cut, mode), []), f"C{j}", mode)
+            ax.set(title=f"cut: {cut}", xlabel="epoch", ylabel="test accuracy (%)")
+            ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"{dataset}_curves.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, out / f"{dataset}_curves.png", plt))
     return written
 
 
-def report(out: Path) -> None:
+def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any, study: str) -> list[Path]:
+    cuts, variants = STUDIES[study]
+    written = []
+    for dataset in sorted({k[0] for k in runs}):
+        for cut in cuts:
+            arms = [v for v in variants if (dataset, cut, v.name) in runs]
+            if len(arms) < 2:
+                continue
+            fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2))
+            for j, arm in enumerate(arms):
+                summaries = runs[(dataset, cut, arm.name)]
+                _curves(left, summaries, f"C{j}", arm.label or arm.name, aux=study == "heads")
+                acc = values(summaries, "val/acc")
+                traffic = values(summaries, "comm/bytes_per_epoch")
+                if acc and traffic:
+                    x, y = statistics.fmean(traffic) / 2**20, 100 * statistics.fmean(acc)
+                    right.scatter([x], [y], color=f"C{j}", s=40, label=arm.label or arm.name)
+                    right.annotate(arm.name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            left.set(title=f"{dataset}, cut {cut}: test accuracy per epoch", xlabel="epoch", ylabel="test accuracy (%)")
+            left.legend(fontsize=7)
+            right.set(
+                title="final test accuracy against traffic",
+                xlabel="MiB across the cut per epoch (up + down)",
+                ylabel="test accuracy (%)",
+            )
+            right.legend(fontsize=7)
+            fig.tight_layout()
+            written.append(_save(fig, out / f"{study}_{dataset}_{cut}.png", plt))
+    return written
+
+
+def _save(fig: Any, path: Path, plt: Any) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def report(out: Path, studies: list[str]) -> None:
     runs = collect(out)
     if not runs:
         print(f"no summary.json under {out}")
         return
-    text = table(runs)
-    images = plots(runs, out)
-    (out / "results.md").write_text(text + "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in images) + "\n")
-    print(text)
-    print(f"wrote {out / 'results.md'} and {', '.join(p.name for p in images)}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sections = []
+    for study in studies:
+        if study == "paper":
+            text, images = paper_table(runs), paper_plots(runs, out, plt)
+        else:
+            text, images = study_table(runs, study), study_plots(runs, out, plt, study)
+        if text.count("\n") > 2 or images:
+            images_md = "\n".join(f"![{p.stem}]({p.name})" for p in images)
+            sections.append(f"## {study}\n\n{text}\n{images_md}\n")
+            print(f"## {study}\n\n{text}")
+    (out / "results.md").write_text("\n".join(sections))
+    print(f"wrote {out / 'results.md'} and the PNGs beside it")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--studies", nargs="+", default=["paper"], choices=list(STUDIES))
     parser.add_argument("--datasets", nargs="+", default=["cifar10"], choices=["cifar10", "cifar100"])
     parser.add_argument("--cuts", nargs="+", default=list(CUTS), choices=CUTS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--arms", nargs="+", default=None, help="only these arms of the studies (e.g. dsl_conv)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--root", default=None, help="data root (cpu protocol default: data/cifar10-jpg)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/out/paper-<protocol>")
@@ -304,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         sweep(args)
-    report(args.out)
+    report(args.out, args.studies)
 
 
 if __name__ == "__main__":

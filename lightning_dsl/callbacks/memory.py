@@ -42,12 +42,9 @@ class PeakMemoryMonitor(Callback):
     :attr:`saved_server_peak_bytes` (and :attr:`cuda_step_peak_bytes` etc.) hold the peaks over the
     run so far; they survive a resume from a checkpoint. Validation and test are not measured.
 
-    Cost: the tracker runs a small Python function for each tensor saved for backward. Measured
-    on 2 CPU cores (torch 2.14.1), training ``small_cnn`` (width 32) on 1x8x8 inputs, batch 64,
-    41 repeats of 20 steps interleaved with and without the tracker: the step takes 1.2 %
-    longer (median; spread -1.2 % to +3.4 %, measured with ``python -m
-    tests.callbacks.test_memory`` ... see the report in the repository history). A step of a
-    large network saves more per tensor, so the relative cost only falls.
+    Cost: the tracker runs a small Python function for each tensor saved for backward and each
+    storage freed. ``benchmarks/overhead.py`` measures the step with and without the three
+    measurement callbacks, side by side; the figure is in ``docs/measurements.md``.
 
     Args:
         logging_interval: ``"epoch"`` (default): the peaks of each epoch, logged at its end;

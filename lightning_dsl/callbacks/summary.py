@@ -11,6 +11,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torch import nn
 
 # Metrics copied from ``trainer.callback_metrics`` when they exist.
 METRICS = ("val/acc", "val/aux_acc", "val/loss", "val/aux_loss", "train/loss", "train/aux_loss", "train/acc")
@@ -76,6 +77,10 @@ class RunSummary(Callback):
             "fit_seconds": time.perf_counter() - self._fit_start,
             "seconds_per_epoch": sum(self._epoch_times) / len(self._epoch_times) if self._epoch_times else None,
         }
+        for part in ("client", "server", "aux_head"):
+            module = getattr(pl_module, part, None)
+            if isinstance(module, nn.Module):
+                summary[f"params/{part}"] = sum(p.numel() for p in module.parameters())
         summary.update({k: _number(trainer.callback_metrics[k]) for k in METRICS if k in trainer.callback_metrics})
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             contribute = getattr(callback, "summary", None)

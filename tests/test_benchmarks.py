@@ -1,0 +1,94 @@
+"""The benchmark scripts compute what they claim: the runner's tables from summaries, cut costs at toy size."""
+
+from __future__ import annotations
+
+import json
+import sys
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import cut_costs, paper  # noqa: E402
+
+
+def write_summary(out: Path, name: str, **figures: Any) -> None:
+    run = out / name
+    run.mkdir(parents=True)
+    history = [{"epoch": 0.0, "val/acc": figures["val/acc"] / 2}, {"epoch": 1.0, "val/acc": figures["val/acc"]}]
+    (run / "summary.json").write_text(json.dumps({"epochs": 2, "history": history, **figures}))
+
+
+def test_runner_report_from_summaries(tmp_path: Path) -> None:
+    common = {"seconds_per_epoch": 10.0, "params/aux_head": 170}
+    write_summary(
+        tmp_path,
+        "cifar10-shallow-sl-s0",
+        **{"val/acc": 0.60, "val/aux_acc": 0.20, "comm/total_bytes_up": 2000, "comm/total_bytes_down": 2000},
+        **{"memory/saved_peak_bytes": 1000},
+        **common,
+    )
+    for seed, acc in ((0, 0.50), (1, 0.54)):
+        write_summary(
+            tmp_path,
+            f"cifar10-shallow-dsl-s{seed}",
+            **{"val/acc": acc, "val/aux_acc": 0.3, "comm/total_bytes_up": 2000, "comm/total_bytes_down": 0},
+            **{"memory/saved_peak_bytes": 600},
+            **common,
+        )
+    write_summary(
+        tmp_path,
+        "cifar10-shallow-hybrid_k4_w0p5-s0",
+        **{"val/acc": 0.58, "val/aux_acc": 0.3, "comm/total_bytes_up": 2000, "comm/total_bytes_down": 500},
+        **common,
+    )
+    paper.report(tmp_path, ["paper", "hybrid"])
+    text = (tmp_path / "results.md").read_text()
+    # dsl: mean of two seeds with their spread; per epoch = total / 2 epochs
+    assert "| cifar10 | shallow | dsl | 2 | 52.00 ± 2.83 | 30.00 ± 0.00 | 0.0 MiB ± 0.0 |" in text
+    # the gap, bytes (up + down) ratio 2000/4000, memory ratio 600/1000, time ratio
+    assert "| cifar10 | shallow | -8.00 | 0.500 | 0.600 | 1.000 |" in text
+    assert "| hybrid k=4 λ=0.5 | 1 | 58.00 |" in text and "| 0.625 |" in text  # 2500 / 4000 of sl's bytes
+    for png in ("cifar10_bars.png", "cifar10_curves.png", "hybrid_cifar10_shallow.png"):
+        assert (tmp_path / png).stat().st_size > 10_000
+
+
+def test_runner_plans_each_run_once_and_builds_commands(tmp_path: Path) -> None:
+    args = paper.main.__globals__["argparse"].Namespace(
+        studies=["paper", "heads", "codecs"],
+        datasets=["cifar10"],
+        seeds=[0],
+        cuts=list(paper.CUTS),
+        modes=list(paper.MODES),
+        arms=None,
+        protocol="cpu",
+        root="data/x",
+        extra=["--trainer.max_epochs=1"],
+    )
+    names = [paper.run_name(d, c, v.name, s) for d, c, v, s in paper.planned(args)]
+    assert len(names) == len(set(names)) == 6 + 4 + 3  # sl/dsl at 3 cuts, 4 more heads, 3 more codec arms
+    dataset, cut, variant, seed = next(p for p in paper.planned(args) if p[2].name == "dsl_int8")
+    cmd = paper.command(args, dataset, cut, variant, seed, tmp_path / "run")
+    assert "--model.init_args.codec=int8" in cmd and "--model.init_args.mode=dsl" in cmd
+    assert cmd[-1] == "--trainer.max_epochs=1" and "--data.init_args.root=data/x" in cmd
+    assert (tmp_path / "run" / "runner.yaml").exists()
+
+
+@pytest.mark.slow
+def test_cut_costs_at_toy_size(tmp_path: Path) -> None:
+    results = cut_costs.main(
+        ["--depth", "8", "--batch-size", "4", "--repeats", "1", "--head-iters", "1", "--warmup", "0"]
+        + ["--cuts", "shallow", "deep", "--out", str(tmp_path)]
+    )
+    for cut in ("shallow", "deep"):
+        c = results["cuts"][cut]
+        a, n = c["activation_bytes"], 4 * 8  # float32 z, int64 labels of a batch of 4
+        assert c["label_bytes"] == n and c["sl"]["bytes_up"] == c["dsl"]["bytes_up"] == a + n
+        assert c["sl"]["bytes_down"] == a and c["dsl"]["bytes_down"] == 0
+        assert Fraction(c["bytes_ratio"]) == Fraction(a + n, 2 * a + n) and c["bytes_ratio_exact"]
+        assert c["dsl"]["saved_peak_bytes"] < c["sl"]["saved_peak_bytes"]
+        assert c["sl"]["saved_live_bytes_after_step"] == c["dsl"]["saved_live_bytes_after_step"] == 0
+        assert c["codecs"]["int8"]["bytes"] == a // 4 + 8  # one byte per element + float32 scale and offset
+    assert (tmp_path / "cut_costs.png").stat().st_size > 10_000

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 
-from lightning_dsl.callbacks.throughput import add_phase_hook, remove_phase_hook
+from lightning_dsl.callbacks.throughput import PhaseCallback
 from lightning_dsl.core.memory import SavedTensorTracker, state_tensors
 
 PREFIX = "memory/"
@@ -24,7 +24,7 @@ _STATE = (
 )
 
 
-class PeakMemoryMonitor(Callback):
+class PeakMemoryMonitor(PhaseCallback):
     """Log the peak memory each side holds during training steps.
 
     * **Saved activations, any device** (CPU included): the peak bytes of the tensors autograd
@@ -129,13 +129,7 @@ class PeakMemoryMonitor(Callback):
         device = trainer.strategy.root_device
         self._cuda = device if device.type == "cuda" else None
         self.tracker.set_excluded(state_tensors(pl_module))
-        add_phase_hook(pl_module, self._phase, self)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        remove_phase_hook(pl_module, self._phase)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:  # noqa: D102
-        remove_phase_hook(pl_module, self._phase)
+        super().on_fit_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         self.tracker.set_excluded(state_tensors(pl_module))  # parameters may have been replaced or moved

@@ -45,7 +45,26 @@ def remove_phase_hook(pl_module: LightningModule, hook: Callable[[str], Any]) ->
         remove(hook)
 
 
-class SplitThroughputMonitor(Callback):
+class PhaseCallback(Callback):
+    """A callback that wraps each side's work of a training step in its context manager :meth:`_phase`.
+
+    The hook is registered at the start of ``fit`` and removed at its end or on an exception.
+    """
+
+    def _phase(self, side: str) -> contextlib.AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        add_phase_hook(pl_module, self._phase, self)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        remove_phase_hook(pl_module, self._phase)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:  # noqa: D102
+        remove_phase_hook(pl_module, self._phase)
+
+
+class SplitThroughputMonitor(PhaseCallback):
     """Log the samples per second of the client phase, the server phase and the whole training step.
 
     Each phase is timed with :func:`time.perf_counter` through the module's phase hooks (in the
@@ -113,13 +132,7 @@ class SplitThroughputMonitor(Callback):
         device = trainer.strategy.root_device
         self._cuda = device if device.type == "cuda" and self.synchronize else None
         self._batches_seen = 0
-        add_phase_hook(pl_module, self._phase, self)
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        remove_phase_hook(pl_module, self._phase)
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:  # noqa: D102
-        remove_phase_hook(pl_module, self._phase)
+        super().on_fit_start(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         self._epoch = [0, 0.0, 0.0, 0.0]

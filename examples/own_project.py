@@ -29,12 +29,13 @@ class TinyVGG(DecoupledSplitModule):
         super().__init__(network=None, aux_head=ConvProbe(2 * width, kwargs.get("num_classes", 10)), **kwargs)
 
     def build_network(self) -> nn.Module:
+        # Called by DecoupledSplitModule.__init__, which has set `self.num_classes` by then.
         w = self.width
         return nn.Sequential(
             nn.Sequential(nn.Conv2d(1, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU()),
             nn.Sequential(nn.Conv2d(w, 2 * w, 3, padding=1, stride=2), nn.BatchNorm2d(2 * w), nn.ReLU()),
             nn.Sequential(nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU()),
-            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10)),
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, self.num_classes)),
         )
 
 

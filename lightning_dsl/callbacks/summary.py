@@ -23,7 +23,9 @@ class RunSummary(Callback):
     Every other callback with a ``summary() -> dict`` method (the communication, memory and
     throughput monitors) contributes its figures. The result is written to
     ``<run dir>/summary.json`` (the first logger's ``log_dir``, else ``default_root_dir``) and
-    added to the W&B run's summary when a ``WandbLogger`` is attached.
+    added to the W&B run's summary when a ``WandbLogger`` is attached. After ``trainer.test``
+    the file is written again with the ``test/*`` figures and the callbacks' figures read anew
+    (the test traffic, for instance). The per-epoch ``history`` survives a resume from a checkpoint.
 
     Args:
         filename: name of the JSON file.
@@ -68,9 +70,7 @@ class RunSummary(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         summary: dict[str, Any] = {
-            "mode": getattr(pl_module, "mode", None),
-            "split_index": getattr(pl_module, "split_index", None),
-            "num_units": getattr(pl_module, "num_units", None),
+            **_describe(pl_module),
             "epochs": trainer.current_epoch,
             "batches": getattr(pl_module, "batches_trained", None),
             "optimizer_steps": trainer.global_step,
@@ -82,18 +82,36 @@ class RunSummary(Callback):
             if isinstance(module, nn.Module):
                 summary[f"params/{part}"] = sum(p.numel() for p in module.parameters())
         summary.update({k: _number(trainer.callback_metrics[k]) for k in METRICS if k in trainer.callback_metrics})
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            contribute = getattr(callback, "summary", None)
-            if callback is not self and callable(contribute):
-                summary.update(contribute())
+        summary.update(self._contributions(trainer))
         summary["history"] = self.history
         self._write(trainer, summary)
         if self.print_summary:
             _print_table(summary)
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        # The other callbacks' figures are read again: the ones saved at the end of fit predate this test.
         tests = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-        self._write(trainer, {**self.summary, **tests})
+        self._write(trainer, {**self.summary, **_describe(pl_module), **self._contributions(trainer), **tests})
+
+    def _contributions(self, trainer: Trainer) -> dict[str, Any]:
+        figures: dict[str, Any] = {}
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            contribute = getattr(callback, "summary", None)
+            if callback is not self and callable(contribute):
+                figures.update(contribute())
+        return figures
+
+    @property
+    def state_key(self) -> str:  # noqa: D102
+        # Several summaries (other files, other folders) may run side by side; each keeps its own history.
+        return self._generate_state_key(filename=self.filename, dirpath=self.dirpath)
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102
+        return {"history": self.history, "epoch_times": self._epoch_times}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
+        self.history = [dict(row) for row in state_dict.get("history", [])]
+        self._epoch_times = [float(t) for t in state_dict.get("epoch_times", [])]
 
     @rank_zero_only
     def _write(self, trainer: Trainer, summary: dict[str, Any]) -> None:
@@ -106,6 +124,16 @@ class RunSummary(Callback):
             if isinstance(logger, WandbLogger):
                 scalars = {k: v for k, v in summary.items() if isinstance(v, (int, float, str)) and v is not None}
                 logger.experiment.summary.update({f"summary/{k}": v for k, v in scalars.items()})
+
+
+def _describe(pl_module: LightningModule) -> dict[str, Any]:
+    """The run's split (mode, cut) and the parameter count of each part."""
+    described: dict[str, Any] = {name: getattr(pl_module, name, None) for name in ("mode", "split_index", "num_units")}
+    for part in ("client", "server", "aux_head"):
+        module = getattr(pl_module, part, None)
+        if isinstance(module, nn.Module):
+            described[f"params/{part}"] = sum(p.numel() for p in module.parameters())
+    return described
 
 
 def _number(value: Any) -> float:

@@ -30,7 +30,9 @@ class DSLCLI(LightningCLI):
     * ``data.num_classes`` reaches the model (``link_arguments``), so it is never set twice by hand; the
       auxiliary head is built at ``setup`` from the data module's ``input_shape`` (or its first batch).
     * The communication, memory, throughput and summary callbacks are always on; each has its
-      own config section (``communication:``, ``memory:``, ``throughput:``, ``summary:``).
+      own config section (``communication:``, ``memory:``, ``throughput:``, ``summary:``). The
+      bytes sent up and the peak saved activations show in the progress bar (``prog_bar: false``
+      in the section turns that off).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
@@ -39,6 +41,8 @@ class DSLCLI(LightningCLI):
         parser.add_lightning_class_args(PeakMemoryMonitor, "memory")
         parser.add_lightning_class_args(SplitThroughputMonitor, "throughput")
         parser.add_lightning_class_args(RunSummary, "summary")
+        # Where users look first: bytes sent up so far and the peak saved activations in the progress bar.
+        parser.set_defaults({"communication.prog_bar": True, "memory.prog_bar": True})
 
     def instantiate_classes(self) -> None:
         """Build the classes; a constructor's ``ValueError`` (a bad argument) exits like a parse error.

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Cut
-from lightning_dsl.core.heads import HEAD_OPTIONS, build_aux_head, check_aux_head
+from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
 from lightning_dsl.core.split import split_network
 from lightning_dsl.core.step import StepOutput, split_step
 
@@ -144,6 +144,10 @@ class DecoupledSplitModule(LightningModule):
         self.client, self.server = halves.client, halves.server
         self.split_index, self.num_units = halves.split_index, halves.num_units
 
+        if not isinstance(aux_head, nn.Module) and aux_head not in HEADS:
+            raise ValueError(
+                f"Expected argument `aux_head` to be one of {list(HEADS)} or an nn.Module, got {aux_head!r}."
+            )
         self._aux_head_spec = aux_head
         self._aux_head_kwargs = dict(aux_head_kwargs or {})
         unknown = sorted(set(self._aux_head_kwargs) - set(HEAD_OPTIONS))

@@ -9,12 +9,14 @@ continues where it stopped, and the report can be rebuilt from the runs alone (`
     nohup python benchmarks/paper.py --protocol cpu > paper.log &   # in the background
     python benchmarks/paper.py --protocol gpu --datasets cifar10 cifar100 --seeds 0 1 2
     python benchmarks/paper.py --protocol cpu --report-only
+    python benchmarks/paper.py --protocol cpu --report-only --studies paper heads --publish docs/results.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -393,17 +395,18 @@ def _save(fig: Any, path: Path, plt: Any) -> Path:
     return path
 
 
-def report(out: Path, studies: list[str]) -> None:
+def report(out: Path, studies: list[str]) -> tuple[str, list[Path]]:
+    """Write ``results.md`` and the PNGs into ``out``; return the markdown and the PNGs."""
     runs = collect(out)
     if not runs:
         print(f"no summary.json under {out}")
-        return
+        return "", []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sections = []
+    sections, written = [], []
     for study in studies:
         if study == "paper":
             text, images = paper_table(runs), paper_plots(runs, out, plt)
@@ -411,10 +414,35 @@ def report(out: Path, studies: list[str]) -> None:
             text, images = study_table(runs, study), study_plots(runs, out, plt, study)
         if text.count("\n") > 2 or images:
             images_md = "\n".join(f"![{p.stem}]({p.name})" for p in images)
-            sections.append(f"## {study}\n\n{text}\n{images_md}\n")
-            print(f"## {study}\n\n{text}")
-    (out / "results.md").write_text("\n".join(sections))
+            sections.append(f"### Study: {study}\n\n{text}\n{images_md}\n")
+            written += images
+            print(f"### Study: {study}\n\n{text}")
+    markdown = "\n".join(sections)
+    (out / "results.md").write_text(markdown)
     print(f"wrote {out / 'results.md'} and the PNGs beside it")
+    return markdown, written
+
+
+def publish(markdown: str, images: list[Path], document: Path, name: str) -> None:
+    """Put the generated tables into ``document`` between its markers and copy the PNGs beside it.
+
+    The document keeps its hand-written text; only the block between ``<!-- generated:NAME -->``
+    and ``<!-- /generated:NAME -->`` is replaced, and the PNGs go to ``<document dir>/results/NAME/``.
+    """
+    begin, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+    text = document.read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"error: --publish {document}: add the lines '{begin}' and '{end}' where the tables go")
+    folder = document.parent / "results" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        shutil.copyfile(image, folder / image.name)
+        markdown = markdown.replace(f"]({image.name})", f"](results/{name}/{image.name})")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    note = "<!-- written by benchmarks/paper.py --publish; do not edit by hand -->\n"
+    document.write_text(f"{head}{begin}\n{note}\n{markdown}\n{end}{tail}")
+    print(f"published into {document} (PNGs in {folder})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -429,6 +457,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", default=None, help="data root (cpu protocol default: data/cifar10-jpg)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/out/paper-<protocol>")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
+    parser.add_argument("--publish", type=Path, default=None, help="also put the tables into this markdown file")
+    parser.add_argument("--publish-name", default=None, help="the marker name in that file (default: the out dir's)")
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plots from the runs")
     parser.add_argument("extra", nargs="*", help="more CLI overrides for every run, after --")
     args = parser.parse_args(argv)
@@ -438,7 +468,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         sweep(args)
-    report(args.out, args.studies)
+    markdown, images = report(args.out, args.studies)
+    if args.publish and markdown:
+        publish(markdown, images, args.publish, args.publish_name or args.out.name)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,27 @@ def test_runner_report_from_summaries(tmp_path: Path) -> None:
     for png in ("cifar10_bars.png", "cifar10_curves.png", "hybrid_cifar10_shallow.png"):
         assert (tmp_path / png).stat().st_size > 10_000
 
+    document = tmp_path / "doc" / "results.md"
+    document.parent.mkdir()
+    document.write_text("# Results\nprose\n<!-- generated:cpu -->\nold\n<!-- /generated:cpu -->\nmore prose\n")
+    paper.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--report-only",
+            "--studies",
+            "paper",
+            "--publish",
+            str(document),
+            "--publish-name",
+            "cpu",
+        ]
+    )
+    published = document.read_text()
+    assert published.startswith("# Results\nprose\n") and published.endswith("more prose\n") and "old" not in published
+    assert "| cifar10 | shallow | -8.00 | 0.500 | 0.600 | 1.000 |" in published
+    assert "](results/" in published and (document.parent / "results" / "cpu" / "cifar10_bars.png").exists()
+
 
 def test_runner_plans_each_run_once_and_builds_commands(tmp_path: Path) -> None:
     args = paper.main.__globals__["argparse"].Namespace(

@@ -126,8 +126,9 @@ def command(args: argparse.Namespace, dataset: str, cut: str, variant: Variant, 
         },
         "summary": {"dirpath": str(run_dir)},
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "runner.yaml").write_text(yaml.safe_dump(overlay))
+    if not args.dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "runner.yaml").write_text(yaml.safe_dump(overlay))
     cmd = [sys.executable, "-m", "lightning_dsl", "fit", "--config", str(REPO / f"configs/{dataset}_resnet110.yaml")]
     if args.protocol == "cpu":
         cmd += ["--config", str(REPO / "configs/paper/cpu.yaml")]

@@ -87,6 +87,7 @@ def test_runner_plans_each_run_once_and_builds_commands(tmp_path: Path) -> None:
         protocol="cpu",
         root="data/x",
         extra=["--trainer.max_epochs=1"],
+        dry_run=False,
     )
     names = [paper.run_name(d, c, v.name, s) for d, c, v, s in paper.planned(args)]
     assert len(names) == len(set(names)) == 6 + 4 + 3  # sl/dsl at 3 cuts, 4 more heads, 3 more codec arms

@@ -66,6 +66,8 @@ def _codec(mode: str, codec: str) -> Variant:
     return Variant(f"{mode}_{codec}", mode, (f"--model.init_args.codec={codec}",), f"{mode} + {codec}")
 
 
+_NO_SCHEDULE = ("--model.init_args.client_lr_scheduler=null", "--model.init_args.server_lr_scheduler=null")
+
 # What each study sweeps, and at which cuts. Every study shares the sl and dsl arms of the paper study,
 # so a sweep never trains the same run twice.
 STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
@@ -83,6 +85,16 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
     ),
     "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5))),
     "codecs": (("shallow",), (SL, DSL, _codec("dsl", "fp16"), _codec("dsl", "int8"), _codec("sl", "int8"))),
+    # The same recipe without the learning-rate schedule (constant lr 0.1), as the first measurement.
+    "recipe": (
+        ("shallow",),
+        (
+            SL,
+            DSL,
+            Variant("sl_constlr", "sl", _NO_SCHEDULE, "sl, constant lr"),
+            Variant("dsl_constlr", "dsl", (*DSL.overrides, *_NO_SCHEDULE), "dsl, linear head, constant lr"),
+        ),
+    ),
 }
 
 

@@ -50,6 +50,8 @@ class PeakMemoryMonitor(PhaseCallback):
         logging_interval: ``"epoch"`` (default): the peaks of each epoch, logged at its end;
             ``"step"``: the peaks of each training step, logged per step.
         prog_bar: show ``memory/saved_peak_bytes`` in the progress bar.
+        saved_tensors: track the saved activations (on by default); ``False`` keeps only the CUDA
+            peaks, which cost nothing measurable, for long runs where the tracker's cost matters.
 
     Example::
 
@@ -60,13 +62,14 @@ class PeakMemoryMonitor(PhaseCallback):
         0
     """
 
-    def __init__(self, logging_interval: str = "epoch", prog_bar: bool = False) -> None:
+    def __init__(self, logging_interval: str = "epoch", prog_bar: bool = False, saved_tensors: bool = True) -> None:
         if logging_interval not in INTERVALS:
             raise ValueError(
                 f"Expected argument `logging_interval` to be one of {list(INTERVALS)}, but got {logging_interval!r}."
             )
         self.logging_interval = logging_interval
         self.prog_bar = prog_bar
+        self.saved_tensors = saved_tensors
         self.tracker = SavedTensorTracker()
         # Peaks over the run so far (attributes and summary), the current interval's CUDA peaks.
         self.saved_activation_peak_bytes = 0
@@ -82,15 +85,16 @@ class PeakMemoryMonitor(PhaseCallback):
     # ------------------------------------------------------------------ measuring
     @contextlib.contextmanager
     def _phase(self, side: str) -> Iterator[None]:
+        tracking = self.tracker.side(side) if self.saved_tensors else contextlib.nullcontext()
         if self._cuda is None:
-            with self.tracker.side(side):
+            with tracking:
                 yield
             return
         # The phase needs its own peak; keep the step's peak so far before resetting.
         self._step_cuda = max(self._step_cuda, torch.cuda.max_memory_allocated(self._cuda))
         torch.cuda.reset_peak_memory_stats(self._cuda)
         try:
-            with self.tracker.side(side):
+            with tracking:
                 yield
         finally:
             peak = torch.cuda.max_memory_allocated(self._cuda)
@@ -103,11 +107,13 @@ class PeakMemoryMonitor(PhaseCallback):
 
     def _interval_figures(self) -> dict[str, int]:
         peaks = self.tracker.peak_bytes_by_side
-        figures = {
-            "saved_client_peak_bytes": peaks.get("client", 0),
-            "saved_server_peak_bytes": peaks.get("server", 0),
-            "saved_peak_bytes": self.tracker.peak_bytes,
-        }
+        figures = {}
+        if self.saved_tensors:
+            figures = {
+                "saved_client_peak_bytes": peaks.get("client", 0),
+                "saved_server_peak_bytes": peaks.get("server", 0),
+                "saved_peak_bytes": self.tracker.peak_bytes,
+            }
         if self._cuda is not None:
             figures.update({f"cuda_{side}_peak_bytes": value for side, value in self._interval_cuda.items()})
         return figures
@@ -160,9 +166,10 @@ class PeakMemoryMonitor(PhaseCallback):
 
     def _update_run_peaks(self) -> None:
         figures = self._interval_figures()
-        self.saved_activation_peak_bytes = max(self.saved_activation_peak_bytes, figures["saved_peak_bytes"])
-        self.saved_client_peak_bytes = max(self.saved_client_peak_bytes, figures["saved_client_peak_bytes"])
-        self.saved_server_peak_bytes = max(self.saved_server_peak_bytes, figures["saved_server_peak_bytes"])
+        if self.saved_tensors:
+            self.saved_activation_peak_bytes = max(self.saved_activation_peak_bytes, figures["saved_peak_bytes"])
+            self.saved_client_peak_bytes = max(self.saved_client_peak_bytes, figures["saved_client_peak_bytes"])
+            self.saved_server_peak_bytes = max(self.saved_server_peak_bytes, figures["saved_server_peak_bytes"])
         for side in ("client", "server", "step"):
             if f"cuda_{side}_peak_bytes" in figures:
                 name = f"cuda_{side}_peak_bytes"
@@ -179,10 +186,11 @@ class PeakMemoryMonitor(PhaseCallback):
 
     def summary(self) -> dict[str, float | int]:
         """Peaks over the run so far (the CUDA ones only when a CUDA device was used)."""
+        saved = self.saved_tensors
         figures: dict[str, int | None] = {
-            "saved_peak_bytes": self.saved_activation_peak_bytes,
-            "saved_client_peak_bytes": self.saved_client_peak_bytes,
-            "saved_server_peak_bytes": self.saved_server_peak_bytes,
+            "saved_peak_bytes": self.saved_activation_peak_bytes if saved else None,
+            "saved_client_peak_bytes": self.saved_client_peak_bytes if saved else None,
+            "saved_server_peak_bytes": self.saved_server_peak_bytes if saved else None,
             "cuda_client_peak_bytes": self.cuda_client_peak_bytes,
             "cuda_server_peak_bytes": self.cuda_server_peak_bytes,
             "cuda_step_peak_bytes": self.cuda_step_peak_bytes,

@@ -96,6 +96,16 @@ def test_step_interval_logs_every_step(make_module: Any, make_trainer: Any, load
     assert [float(row["memory/saved_client_peak_bytes"]) for row in rows] == [CLIENT] * TRAIN_BATCHES
 
 
+def test_saved_tensors_off_tracks_nothing(make_module: Any, make_trainer: Any, loaders: Any) -> None:
+    monitor = PeakMemoryMonitor(saved_tensors=False)
+    module = make_module("dsl", network=balanced_mlp(), split_index=4, input_shape=(16,))
+    trainer = make_trainer([monitor])
+    trainer.fit(module, *loaders(shape=(16,)))
+    assert monitor.saved_activation_peak_bytes == 0 and monitor.tracker.peak_bytes == 0
+    assert monitor.summary() == {}  # on CPU: no CUDA peaks either
+    assert not [key for key in trainer.logged_metrics if key.startswith("memory/")]
+
+
 def test_peaks_survive_a_resume() -> None:
     monitor = PeakMemoryMonitor()
     monitor.saved_activation_peak_bytes, monitor.saved_client_peak_bytes, monitor.saved_server_peak_bytes = 9, 5, 7

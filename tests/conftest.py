@@ -19,6 +19,19 @@ CIFAR10_JPG_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 MINI_PER_CLASS = {"train": 3, "test": 1}
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="also run the tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def single_thread() -> Iterator[None]:
     """Run torch on one thread: the models are tiny, and OpenMP threads that spin-wait for each other

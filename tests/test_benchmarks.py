@@ -98,7 +98,6 @@ def test_runner_plans_each_run_once_and_builds_commands(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "runner.yaml").exists()
 
 
-@pytest.mark.slow
 def test_cut_costs_at_toy_size(tmp_path: Path) -> None:
     results = cut_costs.main(
         ["--depth", "8", "--batch-size", "4", "--repeats", "1", "--head-iters", "1", "--warmup", "0"]

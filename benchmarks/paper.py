@@ -81,6 +81,12 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
             _head("dsl_pool4", "linear", "dsl, linear head (pool 4)", pool=4),
             _head("dsl_mlp", "mlp", "dsl, mlp head"),
             _head("dsl_conv", "conv", "dsl, conv head"),
+            Variant(
+                "dsl_pool4_headlr",
+                "dsl",
+                (*_head("", "linear", "", pool=4).overrides, "--model.init_args.aux_head_lr=0.01"),
+                "dsl, linear head (pool 4), head lr 0.01",
+            ),
         ),
     ),
     "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5))),

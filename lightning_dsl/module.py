@@ -50,6 +50,9 @@ class DecoupledSplitModule(LightningModule):
         aux_head: ``"linear"``, ``"mlp"``, ``"conv"`` or an ``nn.Module`` taking the cut activation.
         aux_head_kwargs: options of the built-in heads: ``pool`` (pooling grid side, 1 = global
             average, 0 = none; default 1) and ``hidden`` (``"mlp"`` width; default 256).
+        aux_head_lr: learning rate of the auxiliary head, in its own parameter group of the client
+            optimizer (schedulers scale it like the client's). ``None`` (default): the client's.
+            A head with many inputs (little pooling) can need a smaller one than the client.
         client_optimizer: optimizer callable for the client and auxiliary-head parameters.
             Default: SGD, lr 0.1, momentum 0.9, weight decay 5e-4.
         server_optimizer: optimizer callable for the server parameters. Same default.
@@ -86,6 +89,7 @@ class DecoupledSplitModule(LightningModule):
         num_classes: int = 10,
         aux_head: str | nn.Module = "linear",
         aux_head_kwargs: dict[str, Any] | None = None,
+        aux_head_lr: float | None = None,
         client_optimizer: OptimizerCallable = default_optimizer,
         server_optimizer: OptimizerCallable = default_optimizer,
         client_lr_scheduler: LRSchedulerCallable | None = None,
@@ -148,6 +152,9 @@ class DecoupledSplitModule(LightningModule):
             raise ValueError(
                 f"Expected argument `aux_head` to be one of {list(HEADS)} or an nn.Module, got {aux_head!r}."
             )
+        if aux_head_lr is not None and (isinstance(aux_head_lr, bool) or not aux_head_lr > 0):
+            raise ValueError(f"Expected argument `aux_head_lr` to be a float > 0 or None, got {aux_head_lr!r}.")
+        self.aux_head_lr = aux_head_lr
         self._aux_head_spec = aux_head
         self._aux_head_kwargs = dict(aux_head_kwargs or {})
         unknown = sorted(set(self._aux_head_kwargs) - set(HEAD_OPTIONS))
@@ -240,7 +247,10 @@ class DecoupledSplitModule(LightningModule):
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
         """Two optimizers, in this fixed order (checkpoints restore them by position): client + aux head, server."""
-        client_params = list(self.client.parameters()) + list(self.aux_head.parameters())
+        client_params: Any = list(self.client.parameters()) + list(self.aux_head.parameters())
+        if self.aux_head_lr is not None:  # the head in its own parameter group, with its own learning rate
+            head = list(self.aux_head.parameters())
+            client_params = [{"params": list(self.client.parameters())}, {"params": head, "lr": self.aux_head_lr}]
         optimizers = [self.client_optimizer(client_params), self.server_optimizer(self.server.parameters())]
         schedulers = []
         self._scheduled_sides: list[int] = []

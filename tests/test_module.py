@@ -9,6 +9,7 @@ float64 rounding after several batches of SGD with momentum and weight decay.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -706,3 +707,27 @@ def test_resume_with_default_optimizers(tmp_path: Path) -> None:
     )
     fit(resumed, x, y, max_epochs=2, ckpt_path=str(tmp_path / "epoch1.ckpt"))
     assert resumed.batches_trained == 2 * BATCHES
+
+
+def test_aux_head_lr_gets_its_own_parameter_group() -> None:
+    x, y = make_data()
+    same = make_module(make_network(), make_head(), aux_head_lr=CLIENT_SGD["lr"])  # the client optimizer's own lr
+    plain = make_module(make_network(), make_head())
+    fit(same, x, y)
+    fit(plain, x, y)
+    for got, want in zip(same.parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(got, want)  # the same updates, in two groups
+    slow = make_module(make_network(), make_head(), aux_head_lr=1e-3)
+    trainer = fit(slow, x, y)
+    groups = trainer.optimizers[0].param_groups
+    assert [g["lr"] for g in groups] == [CLIENT_SGD["lr"], 1e-3]
+    assert [len(g["params"]) for g in groups] == [
+        len(list(slow.client.parameters())),
+        len(list(slow.aux_head.parameters())),
+    ]
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, True])
+def test_aux_head_lr_must_be_positive(bad: float) -> None:
+    with pytest.raises(ValueError, match=r"`aux_head_lr` to be a float > 0 or None, got " + re.escape(repr(bad))):
+        make_module(make_network(), make_head(), aux_head_lr=bad)

@@ -88,7 +88,7 @@ def test_runner_plans_each_run_once_and_builds_commands(tmp_path: Path) -> None:
         dry_run=False,
     )
     names = [paper.run_name(d, c, v.name, s) for d, c, v, s in paper.planned(args)]
-    assert len(names) == len(set(names)) == 6 + 4 + 3  # sl/dsl at 3 cuts, 4 more heads, 3 more codec arms
+    assert len(names) == len(set(names)) == 6 + 5 + 3  # sl/dsl at 3 cuts, 5 more heads, 3 more codec arms
     dataset, cut, variant, seed = next(p for p in paper.planned(args) if p[2].name == "dsl_int8")
     cmd = paper.command(args, dataset, cut, variant, seed, tmp_path / "run")
     assert "--model.init_args.codec=int8" in cmd and "--model.init_args.mode=dsl" in cmd

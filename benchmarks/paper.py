@@ -89,7 +89,8 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
             ),
         ),
     ),
-    "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5))),
+    # k at λ = 0.5 moves the bytes between dsl's and sl's; λ at k = 1 (the same bytes) moves only the gradient's weight.
+    "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5), _hybrid(1, 0.25))),
     "codecs": (("shallow",), (SL, DSL, _codec("dsl", "fp16"), _codec("dsl", "int8"), _codec("sl", "int8"))),
     # The same recipe without the learning-rate schedule (constant lr 0.1), as the first measurement.
     "recipe": (
@@ -178,7 +179,7 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, Variant, int]]:
 
 
 def sweep(args: argparse.Namespace) -> None:
-    if args.protocol == "cpu" and args.root:
+    if args.protocol == "cpu" and args.root and not args.dry_run:
         ensure_jpeg_copy(Path(args.root))
     for dataset, cut, variant, seed in planned(args):
         run_dir = args.out / run_name(dataset, cut, variant.name, seed)
@@ -484,9 +485,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.root is None and args.protocol == "cpu":
         args.root = str(REPO / "data" / "cifar10-jpg")
     args.out = args.out or REPO / "benchmarks" / "out" / f"paper-{args.protocol}"
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run:
+        args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         sweep(args)
+    if args.dry_run:
+        return
     markdown, images = report(args.out, args.studies)
     if args.publish and markdown:
         publish(markdown, images, args.publish, args.publish_name or args.out.name)

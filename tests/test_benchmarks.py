@@ -96,6 +96,14 @@ def test_runner_plans_each_run_once_and_builds_commands(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "runner.yaml").exists()
 
 
+def test_runner_dry_run_prints_the_commands_and_writes_nothing(tmp_path: Path, capsys: Any) -> None:
+    out, root = tmp_path / "out", tmp_path / "data"
+    paper.main(["--protocol", "cpu", "--studies", "paper", "--out", str(out), "--root", str(root), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert printed.count("[run ] cifar10-") == 6 and "--model.init_args.split_index=deep" in printed
+    assert not out.exists() and not root.exists()
+
+
 def test_cut_costs_at_toy_size(tmp_path: Path) -> None:
     results = cut_costs.main(
         ["--depth", "8", "--batch-size", "4", "--repeats", "1", "--head-iters", "1", "--warmup", "0"]

@@ -66,6 +66,7 @@ def _codec(mode: str, codec: str) -> Variant:
     return Variant(f"{mode}_{codec}", mode, (f"--model.init_args.codec={codec}",), f"{mode} + {codec}")
 
 
+DSL_POOL2 = _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2)
 _NO_SCHEDULE = ("--model.init_args.client_lr_scheduler=null", "--model.init_args.server_lr_scheduler=null")
 
 # What each study sweeps, and at which cuts. Every study shares the sl and dsl arms of the paper study,
@@ -77,7 +78,7 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
         (
             SL,
             DSL,
-            _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2),
+            DSL_POOL2,
             _head("dsl_pool4", "linear", "dsl, linear head (pool 4)", pool=4),
             _head("dsl_mlp", "mlp", "dsl, mlp head"),
             _head("dsl_conv", "conv", "dsl, conv head"),
@@ -89,6 +90,8 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
             ),
         ),
     ),
+    # Whether the pool-2 linear head's result at the shallow cut holds at the other cuts.
+    "grid": (CUTS, (SL, DSL, DSL_POOL2)),
     # k at λ = 0.5 moves the bytes between dsl's and sl's; λ at k = 1 (the same bytes) moves only the gradient's weight.
     "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5), _hybrid(1, 0.25))),
     "codecs": (("shallow",), (SL, DSL, _codec("dsl", "fp16"), _codec("dsl", "int8"), _codec("sl", "int8"))),

@@ -389,10 +389,18 @@ def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Pat
             arms = [v for v in variants if (dataset, cut, v.name) in runs]
             if len(arms) < 2:
                 continue
+            # Heads all send the same bytes: their right panel compares the split network with the head alone.
+            by_head = study in ("heads", "grid")
             fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2))
             for j, arm in enumerate(arms):
                 summaries = runs[(dataset, cut, arm.name)]
-                _curves(left, summaries, f"C{j}", arm.label or arm.name, aux=study == "heads")
+                _curves(left, summaries, f"C{j}", arm.label or arm.name, aux=by_head)
+                if by_head:
+                    for g, key in enumerate(("val/acc", "val/aux_acc")):
+                        figures = [100 * v for v in values(summaries, key)]
+                        if figures:
+                            _bar(right, j + 0.4 * g - 0.2, figures, 0.4, color=f"C{j}", hatch="//" if g else None)
+                    continue
                 acc = values(summaries, "val/acc")
                 traffic = values(summaries, "comm/bytes_per_epoch")
                 if acc and traffic:
@@ -400,13 +408,18 @@ def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Pat
                     right.scatter([x], [y], color=f"C{j}", s=40, label=arm.label or arm.name)
                     right.annotate(arm.name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
             left.set(title=f"{dataset}, cut {cut}: test accuracy per epoch", xlabel="epoch", ylabel="test accuracy (%)")
-            left.legend(fontsize=7)
-            right.set(
-                title="final test accuracy against traffic",
-                xlabel="MiB across the cut per epoch (up + down)",
-                ylabel="test accuracy (%)",
-            )
-            right.legend(fontsize=7)
+            left.legend(fontsize=6, ncol=2)
+            if by_head:
+                right.set_xticks(range(len(arms)), [arm.name for arm in arms], rotation=20, fontsize=7)
+                right.set(title="final test accuracy (solid: split network, hatched: client + aux head)")
+                right.set(ylabel="test accuracy (%)")
+            else:
+                right.set(
+                    title="final test accuracy against traffic",
+                    xlabel="MiB across the cut per epoch (up + down)",
+                    ylabel="test accuracy (%)",
+                )
+                right.legend(fontsize=7)
             fig.tight_layout()
             written.append(_save(fig, out / f"{study}_{dataset}_{cut}.png", plt))
     return written

@@ -108,6 +108,11 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
 }
 
 
+# Studies whose dsl arms differ only in the head, so all send the same bytes: their plots compare the split
+# network with the head alone instead of plotting accuracy against traffic.
+HEAD_STUDIES = ("heads", "grid")
+
+
 def run_name(dataset: str, cut: str, variant: str, seed: int) -> str:
     return f"{dataset}-{cut}-{variant}-s{seed}"
 
@@ -182,8 +187,6 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, Variant, int]]:
 
 
 def sweep(args: argparse.Namespace) -> None:
-    if args.protocol == "cpu" and args.root and not args.dry_run:
-        ensure_jpeg_copy(Path(args.root))
     for dataset, cut, variant, seed in planned(args):
         run_dir = args.out / run_name(dataset, cut, variant.name, seed)
         if (run_dir / "summary.json").exists():
@@ -389,8 +392,7 @@ def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Pat
             arms = [v for v in variants if (dataset, cut, v.name) in runs]
             if len(arms) < 2:
                 continue
-            # Heads all send the same bytes: their right panel compares the split network with the head alone.
-            by_head = study in ("heads", "grid")
+            by_head = study in HEAD_STUDIES
             fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2))
             for j, arm in enumerate(arms):
                 summaries = runs[(dataset, cut, arm.name)]
@@ -501,12 +503,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.root is None and args.protocol == "cpu":
         args.root = str(REPO / "data" / "cifar10-jpg")
     args.out = args.out or REPO / "benchmarks" / "out" / f"paper-{args.protocol}"
-    if not args.dry_run:
-        args.out.mkdir(parents=True, exist_ok=True)
-    if not args.report_only:
-        sweep(args)
     if args.dry_run:
+        sweep(args)  # prints the commands, writes nothing
         return
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        if args.protocol == "cpu" and args.root:
+            ensure_jpeg_copy(Path(args.root))
+        sweep(args)
     markdown, images = report(args.out, args.studies)
     if args.publish and markdown:
         publish(markdown, images, args.publish, args.publish_name or args.out.name)

@@ -17,6 +17,15 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_dsl.core.clients import (
+    ClientPair,
+    aggregate,
+    check_client_args,
+    client_batches,
+    clone_pair,
+    hand_over,
+    shard_sizes,
+)
 from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
@@ -68,6 +77,18 @@ class DecoupledSplitModule(LightningModule):
         input_shape: shape of one input sample, e.g. ``(3, 32, 32)``, used to build the auxiliary
             head with its real shapes at construction (the CLI links it from the data module).
             When ``None``, it is read from the data module at ``setup``.
+        num_clients: number of clients sharing the one server (default 1). With ``N > 1`` a training
+            batch is a sequence of N ``(inputs, labels)`` pairs (or ``None``), one per client in client
+            order, as Lightning's ``CombinedLoader`` yields for N loaders (the data modules serve that with
+            their ``num_clients`` argument; see :func:`lightning_dsl.data.client_loaders`).
+        client_schedule: ``"parallel"`` (SplitFed: each client has its own client half, auxiliary head and
+            client optimizer; the server takes one step per client batch, in client order; the halves and
+            heads are averaged by FedAvg every ``aggregate_every`` epochs and at the end of fit) or
+            ``"sequential"`` (one client half and head handed from client to client; client ``i`` trains on
+            its whole shard, then hands over to client ``i + 1``). Each client keeps its own optimizer
+            state in both schedules; only the model travels.
+        aggregate_every: ``"parallel"`` only: FedAvg every this many epochs (default 1); 0 averages only at
+            the end of fit.
 
     Example::
 
@@ -100,6 +121,9 @@ class DecoupledSplitModule(LightningModule):
         codec: str | Codec = "none",
         grad_codec: str | Codec = "none",
         input_shape: Sequence[int] | None = None,
+        num_clients: int = 1,
+        client_schedule: str = "parallel",
+        aggregate_every: int = 1,
     ) -> None:
         super().__init__()
         ignore = [n for n, v in (("network", network), ("aux_head", aux_head)) if isinstance(v, nn.Module)]
@@ -119,8 +143,16 @@ class DecoupledSplitModule(LightningModule):
             raise ValueError(
                 f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}."
             )
+        check_client_args(num_clients, client_schedule, aggregate_every)
         self.mode = mode
         self.num_classes = num_classes
+        self.num_clients = num_clients
+        self.client_schedule = client_schedule
+        self.aggregate_every = aggregate_every
+        # Parallel clients, N > 1: client i's own half and head (self.client / self.aux_head are the aggregate).
+        self.client_replicas = nn.ModuleList()
+        self._active_client = 0  # sequential: the client that holds the model now
+        self._samples_since_sync = [0] * num_clients  # parallel: samples each client trained on since FedAvg
         self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
         self.client_optimizer = client_optimizer
         self.server_optimizer = server_optimizer
@@ -171,6 +203,10 @@ class DecoupledSplitModule(LightningModule):
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc, self.val_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
         self.test_acc, self.test_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
+        # Each client's own half + head on the evaluation data, while the clients differ from their average.
+        replicas = num_clients if self._has_replicas else 0
+        self.val_client_aux_acc = nn.ModuleList(MulticlassAccuracy(num_classes) for _ in range(replicas))
+        self.test_client_aux_acc = nn.ModuleList(MulticlassAccuracy(num_classes) for _ in range(replicas))
 
     # ------------------------------------------------------------------ construction
     def build_network(self) -> nn.Module:
@@ -192,6 +228,23 @@ class DecoupledSplitModule(LightningModule):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
         self._aux_head_built = True
+        if self._has_replicas and not len(self.client_replicas):
+            # Every client starts from the same weights, as in FedAvg.
+            for _ in range(self.num_clients):
+                client, head = clone_pair((self.client, self.aux_head))
+                self.client_replicas.append(nn.ModuleDict({"client": client, "aux_head": head}))
+
+    @property
+    def _has_replicas(self) -> bool:
+        return self.client_schedule == "parallel" and self.num_clients > 1
+
+    def client_pair(self, index: int) -> ClientPair:
+        """Client ``index``'s half and auxiliary head (the shared ones with one client or the sequential schedule)."""
+        if self._has_replicas:
+            replica = self.client_replicas[index]
+            assert isinstance(replica, nn.ModuleDict)
+            return replica["client"], replica["aux_head"]
+        return self.client, self.aux_head
 
     def _check_codecs(self, dtype: torch.dtype) -> None:
         """Refuse a codec that cannot carry the cut's ``dtype`` (the gradient sent down has the same dtype)."""
@@ -246,21 +299,26 @@ class DecoupledSplitModule(LightningModule):
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
-        """Two optimizers, in this fixed order (checkpoints restore them by position): client + aux head, server."""
-        client_params: Any = list(self.client.parameters()) + list(self.aux_head.parameters())
-        if self.aux_head_lr is not None:  # the head in its own parameter group, with its own learning rate
-            head = list(self.aux_head.parameters())
-            client_params = [{"params": list(self.client.parameters())}, {"params": head, "lr": self.aux_head_lr}]
-        optimizers = [self.client_optimizer(client_params), self.server_optimizer(self.server.parameters())]
-        schedulers = []
-        self._scheduled_sides: list[int] = []
-        for side, (factory, optimizer) in enumerate(
-            zip((self.client_lr_scheduler, self.server_lr_scheduler), optimizers, strict=True)
-        ):
-            if factory is not None:
-                schedulers.append({"scheduler": factory(optimizer), "interval": self.scheduler_interval})
-                self._scheduled_sides.append(side)
+        """The optimizers, in this fixed order (checkpoints restore them by position): client + aux head, server.
+
+        With ``num_clients = N``: one client optimizer per client (clients 0 .. N-1), then the server's.
+        """
+        optimizers = [self.client_optimizer(self._client_parameters(i)) for i in range(self.num_clients)]
+        optimizers.append(self.server_optimizer(self.server.parameters()))
+        factories = [self.client_lr_scheduler] * self.num_clients + [self.server_lr_scheduler]
+        schedulers = [
+            {"scheduler": factory(optimizer), "interval": self.scheduler_interval}
+            for factory, optimizer in zip(factories, optimizers, strict=True)
+            if factory is not None
+        ]
         return optimizers, schedulers
+
+    def _client_parameters(self, index: int) -> Any:
+        client, head = self.client_pair(index)
+        if self.aux_head_lr is None:
+            return list(client.parameters()) + list(head.parameters())
+        # The head in its own parameter group, with its own learning rate.
+        return [{"params": list(client.parameters())}, {"params": list(head.parameters()), "lr": self.aux_head_lr}]
 
     def _schedulers(self) -> list[Any]:
         found = self.lr_schedulers()
@@ -310,33 +368,79 @@ class DecoupledSplitModule(LightningModule):
             return None
         return self.feedback_weight
 
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> dict[str, Any]:
-        """One split step (see :func:`lightning_dsl.core.step.split_step`)."""
-        inputs, labels = batch[0], batch[1]
-        self._check_labels(labels)
-        client_optimizer, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
-        out: StepOutput = split_step(
-            self.client,
-            self.server,
-            self.aux_head,
-            inputs,
-            labels,
-            cut=self.cut,
-            client_optimizer=client_optimizer,
-            server_optimizer=server_optimizer,
-            criterion=self.criterion,
-            backward=self.manual_backward,
-            feedback_weight=self.feedback_weight_at(self.batches_trained),
-            phase=self._phase,
-        )
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """One split step per client batch, in client order (see :func:`lightning_dsl.core.step.split_step`)."""
+        batches = client_batches(batch, self.num_clients, self.client_schedule)
+        for _, _, labels in batches:  # every client's labels, before any parameter changes
+            self._check_labels(labels)
+        *client_optimizers, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
+        feedback = self.feedback_weight_at(self.batches_trained)
+        outs: list[StepOutput] = []
+        for index, inputs, labels in batches:
+            if self.client_schedule == "sequential" and index != self._active_client:
+                hand_over((self.client, self.aux_head), self.cut, self._active_client, index)
+                self._active_client = index
+            client, aux_head = self.client_pair(index)
+            out = split_step(
+                client,
+                self.server,
+                aux_head,
+                inputs,
+                labels,
+                cut=self.cut,
+                client_optimizer=client_optimizers[index],
+                server_optimizer=server_optimizer,
+                criterion=self.criterion,
+                backward=self.manual_backward,
+                feedback_weight=feedback,
+                phase=self._phase,
+                client_index=index,
+            )
+            self._samples_since_sync[index] += len(out.labels)
+            self.train_acc(out.logits, out.labels)
+            if self.num_clients > 1:
+                self.log(f"train/aux_loss/client{index}", out.aux_loss, batch_size=len(out.labels))
+            outs.append(out)
         self.batches_trained += 1
-        self.train_acc(out.logits, out.labels)
-        self.log("train/loss", out.loss, prog_bar=True)
-        self.log("train/aux_loss", out.aux_loss, prog_bar=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        samples = sum(len(out.labels) for out in outs)
+        loss = torch.stack([out.loss for out in outs]).mean()
+        aux_loss = torch.stack([out.aux_loss for out in outs]).mean()
+        self.log("train/loss", loss, prog_bar=True, batch_size=samples)
+        self.log("train/aux_loss", aux_loss, prog_bar=True, batch_size=samples)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=samples)
         if self.scheduler_interval == "step":
             self._step_schedulers()
-        return {"loss": out.loss, "aux_loss": out.aux_loss, "feedback": out.feedback}
+        if self._trainer is not None and self.trainer.is_last_batch:
+            self._end_of_client_epoch()
+        return {"loss": loss, "aux_loss": aux_loss, "feedback": any(out.feedback for out in outs)}
+
+    # ------------------------------------------------------------------ many clients
+    def _end_of_client_epoch(self) -> None:
+        """After the epoch's last batch, before validation: FedAvg when this epoch closes a round."""
+        every = self.aggregate_every
+        if self._has_replicas and every and (self.current_epoch + 1) % every == 0:
+            self.aggregate_clients()
+
+    def on_train_end(self) -> None:  # noqa: D102
+        if self._has_replicas and any(self._samples_since_sync):
+            self.aggregate_clients()  # the end of fit closes the last round, however it stopped
+
+    def aggregate_clients(self) -> None:
+        """FedAvg of the clients' halves and heads (BatchNorm statistics included), weighted by shard size.
+
+        The average becomes ``self.client`` / ``self.aux_head`` and is copied back to every client. The
+        weights are the sizes of the clients' training datasets when the trainer's training loaders tell
+        them (N loaders over sized datasets), else the samples each client trained on since the last
+        aggregation. Each client's optimizer state stays as it is.
+        """
+        loaders = self.trainer.train_dataloader if self._trainer is not None else None
+        sizes = shard_sizes(loaders, self.num_clients)
+        weights = sizes if sizes is not None else self._samples_since_sync
+        if not sum(weights):
+            weights = [1] * self.num_clients
+        pairs = [self.client_pair(i) for i in range(self.num_clients)]
+        aggregate(pairs, weights, self.cut, into=(self.client, self.aux_head))
+        self._samples_since_sync = [0] * self.num_clients
 
     def on_train_epoch_end(self) -> None:  # noqa: D102
         if self.scheduler_interval == "epoch":
@@ -347,6 +451,7 @@ class DecoupledSplitModule(LightningModule):
         return nn.functional.cross_entropy(logits, labels)
 
     def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
+        """Evaluate the (aggregated) split network and the client + head alone on a global batch."""
         inputs, labels = batch[0], batch[1]
         self._check_labels(labels)
         z = self.client(inputs)
@@ -360,6 +465,14 @@ class DecoupledSplitModule(LightningModule):
         self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
         self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
+        if self._has_replicas and any(self._samples_since_sync):
+            # Between two aggregations the clients differ from their average: each one's own head, too.
+            metrics = self.val_client_aux_acc if stage == "val" else self.test_client_aux_acc
+            for index, metric in enumerate(metrics):
+                assert isinstance(metric, MulticlassAccuracy)
+                client, aux_head = self.client_pair(index)
+                metric(aux_head(client(inputs)), labels)
+                self.log(f"{stage}/aux_acc/client{index}", metric)
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
         self._evaluate(batch, "val")
@@ -380,11 +493,18 @@ class DecoupledSplitModule(LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
-        checkpoint["lightning_dsl"] = {"batches_trained": self.batches_trained, "input_shape": self.input_shape}
+        checkpoint["lightning_dsl"] = {
+            "batches_trained": self.batches_trained,
+            "input_shape": self.input_shape,
+            "active_client": self._active_client,
+            "samples_since_sync": list(self._samples_since_sync),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
         state = checkpoint.get("lightning_dsl", {})
         self.batches_trained = int(state.get("batches_trained", 0))
+        self._active_client = int(state.get("active_client", 0))
+        self._samples_since_sync = [int(n) for n in state.get("samples_since_sync", [0] * self.num_clients)]
         if not self._aux_head_built and state.get("input_shape") is not None:
             self._build_aux_head(state["input_shape"])
 

@@ -28,6 +28,11 @@ class CommunicationMonitor(Callback):
       :attr:`total_bytes_down` and survive a resume from a checkpoint;
     * validation and test (their activations cross the cut too): ``comm/val_bytes_up``,
       ``comm/val_bytes_down``, ``comm/test_bytes_up``, ``comm/test_bytes_down``, summed per epoch;
+    * model transfers (FedAvg's uploads and downloads, the sequential schedule's hand-over), counted
+      apart from the activations: the running totals ``comm/sync_bytes_up`` and ``comm/sync_bytes_down``
+      (also :attr:`sync_bytes_up`, :attr:`sync_bytes_down`);
+    * with several clients, each client's link: the summary's ``comm/client{i}/total_bytes_up``,
+      ``.../total_bytes_down``, ``.../sync_bytes_up`` and ``.../sync_bytes_down`` (training and sync);
     * the static picture, at the first training batch: :attr:`bytes_per_sample_up` and
       :attr:`bytes_per_sample_down` (down: of the first batch that sends anything down) and the
       one-time cost of handing the client over, :attr:`client_parameter_bytes` (client and
@@ -57,6 +62,9 @@ class CommunicationMonitor(Callback):
         self.total_bytes_down = 0
         self.bytes_per_sample_up: float | None = None
         self.bytes_per_sample_down: float | None = None
+        self.sync_bytes_up = 0
+        self.sync_bytes_down = 0
+        self.client_totals: dict[int, Traffic] = {}  # training and sync traffic of each client's link
         self.client_parameter_bytes: int | None = None
         self.client_state_bytes: int | None = None
         self.val_bytes_up = 0  # of the last complete validation run
@@ -64,7 +72,9 @@ class CommunicationMonitor(Callback):
         self.test_bytes_up = 0
         self.test_bytes_down = 0
         self._snapshot = Traffic()
+        self._client_snapshot: dict[int, Traffic] = {}
         self._eval_traffic = Traffic()
+        self._cut: Any = None
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -78,6 +88,11 @@ class CommunicationMonitor(Callback):
             )
         return traffic
 
+    @staticmethod
+    def _links(pl_module: LightningModule) -> dict[int, Traffic]:
+        """The traffic of each client's link (one entry per client that has used the cut)."""
+        return getattr(getattr(pl_module, "cut", None), "client_traffic", {})
+
     def _log(self, pl_module: LightningModule, name: str, value: int, batch_size: int, **kwargs: Any) -> None:
         # float64 on the CPU: exact byte counts, and no host-device copy per step.
         pl_module.log(PREFIX + name, torch.tensor(value, dtype=torch.float64), batch_size=batch_size, **kwargs)
@@ -85,6 +100,7 @@ class CommunicationMonitor(Callback):
     # ------------------------------------------------------------------ training
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         self._traffic(pl_module)
+        self._cut = pl_module.cut
         modules = [getattr(pl_module, name, None) for name in ("client", "aux_head")]
         client = [m for m in modules if isinstance(m, torch.nn.Module)]
         parameters = {id(p): p for m in client for p in m.parameters()}.values()
@@ -96,6 +112,7 @@ class CommunicationMonitor(Callback):
         self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._snapshot = self._traffic(pl_module).copy()
+        self._client_snapshot = {i: t.copy() for i, t in self._links(pl_module).items()}
 
     def on_train_batch_end(  # noqa: D102
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -104,6 +121,10 @@ class CommunicationMonitor(Callback):
         batch_size = self.batch_size_fn(batch)
         self.total_bytes_up += sent.bytes_up
         self.total_bytes_down += sent.bytes_down
+        self._count_sync(sent)
+        for client, traffic in self._links(pl_module).items():
+            delta = traffic - self._client_snapshot.get(client, Traffic())
+            self.client_totals[client] = self.client_totals.get(client, Traffic()) + delta
         if self.bytes_per_sample_up is None:
             self.bytes_per_sample_up = sent.bytes_up / batch_size
         if not self.bytes_per_sample_down and sent.bytes_down:  # hybrid: the first batch that sends down
@@ -115,6 +136,17 @@ class CommunicationMonitor(Callback):
         self._log(pl_module, "bytes_down", sent.bytes_down, batch_size, **step)
         self._log(pl_module, "total_bytes_up", self.total_bytes_up, batch_size, on_step=True, prog_bar=self.prog_bar)
         self._log(pl_module, "total_bytes_down", self.total_bytes_down, batch_size, on_step=True)
+        self._log(pl_module, "sync_bytes_up", self.sync_bytes_up, batch_size, on_step=True)
+        self._log(pl_module, "sync_bytes_down", self.sync_bytes_down, batch_size, on_step=True)
+
+    def _count_sync(self, sent: Traffic) -> None:
+        self.sync_bytes_up += sent.sync_bytes_up
+        self.sync_bytes_down += sent.sync_bytes_down
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        # Transfers after the last batch (the module's end-of-fit FedAvg runs after this hook: see summary()).
+        self._snapshot = self._traffic(pl_module).copy()
+        self._client_snapshot = {i: t.copy() for i, t in self._links(pl_module).items()}
 
     # ------------------------------------------------------------------ evaluation
     def _eval_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -185,6 +217,9 @@ class CommunicationMonitor(Callback):
             "total_bytes_down": self.total_bytes_down,
             "bytes_per_sample_up": self.bytes_per_sample_up,
             "bytes_per_sample_down": self.bytes_per_sample_down,
+            "sync_bytes_up": self.sync_bytes_up,
+            "sync_bytes_down": self.sync_bytes_down,
+            "client_totals": {i: vars(t).copy() for i, t in self.client_totals.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
@@ -192,9 +227,27 @@ class CommunicationMonitor(Callback):
         self.total_bytes_down = int(state_dict.get("total_bytes_down", 0))
         self.bytes_per_sample_up = state_dict.get("bytes_per_sample_up")
         self.bytes_per_sample_down = state_dict.get("bytes_per_sample_down")
+        self.sync_bytes_up = int(state_dict.get("sync_bytes_up", 0))
+        self.sync_bytes_down = int(state_dict.get("sync_bytes_down", 0))
+        self.client_totals = {int(i): Traffic(**t) for i, t in state_dict.get("client_totals", {}).items()}
+
+    def _settle(self) -> None:
+        """Count the transfers made after the last training batch (the FedAvg that closes fit)."""
+        if self._cut is None:
+            return
+        late = self._cut.traffic - self._snapshot
+        if late.sync_bytes_up or late.sync_bytes_down:
+            self._count_sync(late)
+            for client, traffic in self._cut.client_traffic.items():
+                delta = traffic - self._client_snapshot.get(client, Traffic())
+                delta.bytes_up = delta.bytes_down = delta.messages_up = delta.messages_down = 0  # evaluation's
+                self.client_totals[client] = self.client_totals.get(client, Traffic()) + delta
+            self._snapshot = self._cut.traffic.copy()
+            self._client_snapshot = {i: t.copy() for i, t in self._cut.client_traffic.items()}
 
     def summary(self) -> dict[str, float | int]:
         """The figures for the end-of-run summary (keys as logged, plus the static picture)."""
+        self._settle()
         figures: dict[str, float | int | None] = {
             "total_bytes_up": self.total_bytes_up,
             "total_bytes_down": self.total_bytes_down,
@@ -206,5 +259,13 @@ class CommunicationMonitor(Callback):
             "val_bytes_down": self.val_bytes_down,
             "test_bytes_up": self.test_bytes_up,
             "test_bytes_down": self.test_bytes_down,
+            "sync_bytes_up": self.sync_bytes_up,
+            "sync_bytes_down": self.sync_bytes_down,
         }
+        if len(self.client_totals) > 1:
+            for client, traffic in sorted(self.client_totals.items()):
+                figures[f"client{client}/total_bytes_up"] = traffic.bytes_up
+                figures[f"client{client}/total_bytes_down"] = traffic.bytes_down
+                figures[f"client{client}/sync_bytes_up"] = traffic.sync_bytes_up
+                figures[f"client{client}/sync_bytes_down"] = traffic.sync_bytes_down
         return {PREFIX + k: v for k, v in figures.items() if v is not None}

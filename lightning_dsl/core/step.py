@@ -100,6 +100,7 @@ def split_step(
     backward: Callable[[Tensor], None] = Tensor.backward,
     feedback_weight: float | None = None,
     phase: Phase = no_phase,
+    client_index: int = 0,
 ) -> StepOutput:
     """Train client, auxiliary head and server on one batch.
 
@@ -117,8 +118,11 @@ def split_step(
         feedback_weight: ``None`` for a decoupled step; ``λ`` in ``[0, 1]`` for a step where the
             server's gradient comes back down and weighs ``λ`` in the client's update.
         phase: context-manager factory wrapped around each side's work.
+        client_index: which client this is (its link on the cut), when many clients share the server.
     """
-    step = _Step(client, server, aux_head, cut, client_optimizer, server_optimizer, criterion, backward, phase)
+    step = _Step(
+        client, server, aux_head, cut, client_optimizer, server_optimizer, criterion, backward, phase, client_index
+    )
     if feedback_weight is None:
         return step.decoupled(inputs, labels)
     return step.with_feedback(inputs, labels, feedback_weight)
@@ -137,6 +141,7 @@ class _Step:
     criterion: Callable[[Tensor, Tensor], Tensor]
     backward: Callable[[Tensor], None]
     phase: Phase
+    client_index: int = 0
 
     def decoupled(self, inputs: Tensor, labels: Tensor) -> StepOutput:
         """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
@@ -147,7 +152,7 @@ class _Step:
             aux_loss = self.criterion(aux_logits, labels)
             self.backward(aux_loss)  # frees the client's graph: nothing of it is alive during the server's work
             self.client_optimizer.step()
-            z_up, labels_up = self.cut.send_up(z.detach(), labels)
+            z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
             del z
         with self.phase("server"):
             self.server_optimizer.zero_grad()
@@ -166,7 +171,7 @@ class _Step:
             # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
             aux_logits = self.aux_head(scale_grad(z, 1.0 - weight))
             aux_loss = self.criterion(aux_logits, labels)
-            z_up, labels_up = self.cut.send_up(z.detach(), labels)
+            z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
         with self.phase("server"):
             self.server_optimizer.zero_grad()
             z_server = z_up.detach().requires_grad_()
@@ -178,7 +183,7 @@ class _Step:
             gradient = z_server.grad
             del z_server
         with self.phase("client"):
-            gradient = self.cut.send_down(gradient).detach()
+            gradient = self.cut.send_down(gradient, self.client_index).detach()
             if weight != 1.0:
                 gradient = weight * gradient
             # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives

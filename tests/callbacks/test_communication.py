@@ -86,6 +86,8 @@ def test_static_picture_and_summary(make_module: Any, make_trainer: Any, loaders
         "comm/val_bytes_down": 0,
         "comm/test_bytes_up": VAL_BATCHES * up,
         "comm/test_bytes_down": 0,
+        "comm/sync_bytes_up": 0,  # one client: no model is handed over or averaged
+        "comm/sync_bytes_down": 0,
     }
 
 

@@ -1,0 +1,150 @@
+"""Many clients against one server: the batch format, FedAvg of the client halves, and the hand-over.
+
+Two schedules (``client_schedule``):
+
+* ``"parallel"`` (SplitFed, Thapa et al. 2022): every client has its own client half, auxiliary
+  head and optimizer state. A training batch holds one batch per client; each client takes its
+  step on its own batch, and the one server takes one step per client batch, in client order.
+  Every few epochs the clients' halves and heads are averaged (:func:`aggregate`, FedAvg weighted
+  by shard size) and the average is copied back to every client.
+* ``"sequential"`` (vanilla split learning, Gupta & Raskar 2018): one client half and head,
+  handed from client to client (:func:`hand_over`); client ``i`` trains on its whole shard before
+  client ``i + 1`` gets the model.
+
+Every model transfer crosses the cut (:meth:`~lightning_dsl.core.cut.Cut.send_state_up` and
+:meth:`~lightning_dsl.core.cut.Cut.send_state_down`), so it is counted like the activations, as
+sync traffic, and a transport between processes carries it like everything else.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+from lightning_dsl.core.cut import Cut
+from lightning_dsl.core.fedavg import client_state, fedavg, load_client_state
+
+CLIENT_SCHEDULES = ("parallel", "sequential")
+"""``"parallel"``: every client has its own client half and head, averaged (FedAvg) every few epochs
+(SplitFed); ``"sequential"``: one client network handed from client to client (vanilla split learning)."""
+
+ClientPair = tuple[nn.Module, nn.Module]
+"""A client's half and its auxiliary head."""
+
+
+def check_client_args(num_clients: Any, client_schedule: Any, aggregate_every: Any) -> None:
+    """Refuse bad values of the many-clients arguments of :class:`~lightning_dsl.DecoupledSplitModule`.
+
+    Raises:
+        ValueError: naming the argument, the value and what is allowed.
+    """
+    if isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1:
+        raise ValueError(f"Expected argument `num_clients` to be an int >= 1, but got {num_clients!r}.")
+    if client_schedule not in CLIENT_SCHEDULES:
+        raise ValueError(
+            f"Expected argument `client_schedule` to be one of {list(CLIENT_SCHEDULES)}, but got {client_schedule!r}."
+        )
+    if isinstance(aggregate_every, bool) or not isinstance(aggregate_every, int) or aggregate_every < 0:
+        raise ValueError(
+            "Expected argument `aggregate_every` to be an int >= 0 (FedAvg every that many epochs; 0: only at the"
+            f" end of fit), but got {aggregate_every!r}."
+        )
+
+
+def client_batches(batch: Any, num_clients: int, schedule: str) -> list[tuple[int, Tensor, Tensor]]:
+    """Return the ``(client, inputs, labels)`` of a training batch, in client order.
+
+    With one client a batch is ``(inputs, labels, ...)`` as usual. With ``num_clients = N > 1`` it is a
+    sequence of N entries, one per client in client order, each ``(inputs, labels, ...)`` or ``None`` for a
+    client without a batch in this step (what Lightning's ``CombinedLoader`` yields for a list of N
+    loaders; see :func:`lightning_dsl.data.client_loaders`). The sequential schedule takes one client's
+    batch per step.
+
+    Raises:
+        ValueError: for a batch whose client count differs from ``num_clients``, an entry that is not an
+            ``(inputs, labels)`` pair, or several clients' batches in one step of the sequential schedule.
+    """
+    if num_clients == 1 and _is_pair(batch):
+        return [(0, batch[0], batch[1])]
+    if _is_pair(batch) or not isinstance(batch, (list, tuple)) or len(batch) != num_clients:
+        if _is_pair(batch):
+            found = "a single (inputs, labels) batch"
+        else:
+            found = f"a sequence of {len(batch)} entries" if isinstance(batch, (list, tuple)) else type(batch).__name__
+        raise ValueError(
+            f"Expected a training batch of `num_clients`={num_clients} client batches (a sequence of one"
+            f" (inputs, labels) pair or None per client, as CombinedLoader yields for {num_clients} loaders), but got"
+            f" {found}. Serve the clients' data with lightning_dsl.data.client_loaders(loaders) or a data module"
+            " with `num_clients`."
+        )
+    found_batches = []
+    for index, entry in enumerate(batch):
+        if entry is None:
+            continue
+        if not _is_pair(entry):
+            raise ValueError(
+                f"Expected client {index}'s entry of the training batch to be an (inputs, labels) pair or None, but"
+                f" got {type(entry).__name__}."
+            )
+        found_batches.append((index, entry[0], entry[1]))
+    if schedule == "sequential" and len(found_batches) > 1:
+        raise ValueError(
+            f"client_schedule='sequential' trains one client at a time, but a training batch holds batches of"
+            f" clients {[i for i, _, _ in found_batches]}: serve the data with"
+            " lightning_dsl.data.client_loaders(loaders, 'sequential') (the data modules do so when the module's"
+            " client_schedule is 'sequential')."
+        )
+    return found_batches
+
+
+def _is_pair(entry: Any) -> bool:
+    return isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[0], Tensor)
+
+
+def aggregate(clients: Sequence[ClientPair], weights: Sequence[float], cut: Cut, into: ClientPair) -> None:
+    """FedAvg: every client sends its half and head up, the server averages them and sends the average down.
+
+    Args:
+        clients: each client's half and head, in client order (client ``i`` uses link ``i`` of the cut).
+        weights: one weight per client (its shard size).
+        cut: the seam the states cross, counted as sync traffic.
+        into: the aggregated half and head (the model that is evaluated), set to the average too.
+    """
+    states = [cut.send_state_up(client_state(*pair), client=i) for i, pair in enumerate(clients)]
+    average = fedavg(states, weights)
+    load_client_state(*into, average)
+    for i, pair in enumerate(clients):
+        load_client_state(*pair, cut.send_state_down(average, client=i))
+
+
+def hand_over(pair: ClientPair, cut: Cut, source: int, target: int) -> None:
+    """Hand a client half and head from client ``source`` to client ``target``, through the server.
+
+    Clients talk only to the server, so the model goes up from ``source`` and down to ``target``.
+    """
+    state = cut.send_state_up(client_state(*pair), client=source)
+    load_client_state(*pair, cut.send_state_down(state, client=target))
+
+
+def clone_pair(pair: ClientPair) -> ClientPair:
+    """An independent copy of a client half and head (parameters, buffers and all)."""
+    return copy.deepcopy(pair[0]), copy.deepcopy(pair[1])
+
+
+def shard_sizes(loaders: Any, num_clients: int) -> list[int] | None:
+    """The clients' dataset sizes, read from their training loaders, or ``None`` when they do not tell.
+
+    ``loaders`` is what ``trainer.train_dataloader`` holds: a sequence of one loader per client (or an
+    object with such a ``loaders`` attribute, as :class:`~lightning_dsl.data.SequentialClients`), each with
+    a sized ``dataset``.
+    """
+    loaders = getattr(loaders, "loaders", loaders)
+    if not isinstance(loaders, (list, tuple)) or len(loaders) != num_clients:
+        return None
+    try:
+        return [len(loader.dataset) for loader in loaders]
+    except (AttributeError, TypeError):
+        return None

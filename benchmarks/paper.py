@@ -10,6 +10,7 @@ continues where it stopped, and the report can be rebuilt from the runs alone (`
     python benchmarks/paper.py --protocol gpu --datasets cifar10 cifar100 --seeds 0 1 2
     python benchmarks/paper.py --protocol cpu --report-only
     python benchmarks/paper.py --protocol cpu --report-only --studies paper heads --publish docs/results.md
+    python benchmarks/paper.py --protocol cpu --studies clients --seeds 0 1  # many clients, IID and non-IID
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Variant:
     mode: str
     overrides: tuple[str, ...] = ()
     label: str = ""
+    pair: str = ""  # the sl arm this dsl arm is compared with (the study table adds the accuracy gap)
 
 
 SL = Variant("sl", "sl", label="sl")
@@ -64,6 +66,17 @@ def _hybrid(every: int, weight: float) -> Variant:
 
 def _codec(mode: str, codec: str) -> Variant:
     return Variant(f"{mode}_{codec}", mode, (f"--model.init_args.codec={codec}",), f"{mode} + {codec}")
+
+
+def _clients(mode: str, clients: int, partition: str, schedule: str = "parallel") -> Variant:
+    """An arm of the clients study: ``partition`` is ``iid`` or ``dir<alpha>`` (Dirichlet, e.g. ``dir0.1``)."""
+    scheme, alpha = ("iid", None) if partition == "iid" else ("dirichlet", partition[3:])
+    overrides = [*(DSL.overrides if mode == "dsl" else ()), f"--data.init_args.num_clients={clients}"]
+    overrides += [f"--data.init_args.partition={scheme}"] + ([f"--data.init_args.alpha={alpha}"] if alpha else [])
+    overrides += [f"--model.init_args.client_schedule={schedule}"] if schedule != "parallel" else []
+    tag = f"{'seq' if schedule == 'sequential' else 'n'}{clients}_{partition.replace('.', 'p')}"
+    label = f"{mode}, {clients} clients {schedule}, {'IID' if alpha is None else f'Dir({alpha})'}"
+    return Variant(f"{mode}_{tag}", mode, tuple(overrides), label, pair=f"sl_{tag}" if mode == "dsl" else "")
 
 
 DSL_POOL2 = _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2)
@@ -95,6 +108,22 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
     # k at λ = 0.5 moves the bytes between dsl's and sl's; λ at k = 1 (the same bytes) moves only the gradient's weight.
     "hybrid": (("shallow",), (SL, DSL, _hybrid(4, 0.5), _hybrid(2, 0.5), _hybrid(1, 0.5), _hybrid(1, 0.25))),
     "codecs": (("shallow",), (SL, DSL, _codec("dsl", "fp16"), _codec("dsl", "int8"), _codec("sl", "int8"))),
+    # Many clients (one process): N in {1, 5, 10}, IID and Dirichlet non-IID, parallel with FedAvg every epoch,
+    # and the paper's own setting, 10 clients in turn. N = 1 is the paper study's sl and dsl.
+    "clients": (
+        ("shallow",),
+        (
+            SL,
+            Variant(DSL.name, DSL.mode, DSL.overrides, DSL.label, pair="sl"),
+            *[
+                _clients(mode, n, partition)
+                for n in (5, 10)
+                for partition in ("iid", "dir1.0", "dir0.1")
+                for mode in ("sl", "dsl")
+            ],
+            *[_clients(mode, 10, "iid", "sequential") for mode in ("sl", "dsl")],
+        ),
+    ),
     # The same recipe without the learning-rate schedule (constant lr 0.1), as the issue's first measurement.
     "recipe": (
         ("shallow",),
@@ -221,6 +250,8 @@ def collect(out: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
         summary["comm/bytes_per_epoch"] = summary.get("comm/bytes_up_per_epoch", 0) + summary.get(
             "comm/bytes_down_per_epoch", 0
         )
+        sync = summary.get("comm/sync_bytes_up", 0) + summary.get("comm/sync_bytes_down", 0)
+        summary["comm/sync_bytes_per_epoch"] = sync / epochs
         runs[(dataset, cut, variant)].append(summary)
     return runs
 
@@ -299,18 +330,33 @@ def paper_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Figures only some studies have (model transfers appear with many clients).
+EXTRA_FIGURES = {"clients": {"comm/sync_bytes_per_epoch": "model sync bytes / epoch"}}
+
+
+def gap(dsl: list[dict[str, Any]], sl: list[dict[str, Any]]) -> str:
+    """dsl's accuracy minus sl's, in points (means over seeds)."""
+    a, b = values(dsl, "val/acc"), values(sl, "val/acc")
+    return f"{100 * (statistics.fmean(a) - statistics.fmean(b)):+.2f}" if a and b else "–"
+
+
 def study_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]], study: str) -> str:
     cuts, variants = STUDIES[study]
-    lines = ["| dataset | cut | arm | seeds | " + " | ".join(STUDY_FIGURES.values()) + " | bytes / sl's |"]
-    lines.append("|" + "---|" * (5 + len(STUDY_FIGURES)))
+    figures = {**STUDY_FIGURES, **EXTRA_FIGURES.get(study, {})}
+    paired = any(v.pair for v in variants)
+    extra = " | dsl − sl acc (points)" if paired else ""
+    lines = ["| dataset | cut | arm | seeds | " + " | ".join(figures.values()) + f" | bytes / sl's{extra} |"]
+    lines.append("|" + "---|" * (5 + len(figures) + paired))
     for dataset in sorted({k[0] for k in runs}):
         for cut in cuts:
             sl = runs.get((dataset, cut, "sl"), [])
             for variant in variants:
                 summaries = runs.get((dataset, cut, variant.name))
                 if summaries:
-                    cells = [fmt(k, values(summaries, k)) for k in STUDY_FIGURES]
+                    cells = [fmt(k, values(summaries, k)) for k in figures]
                     cells.append(ratio(summaries, sl, "comm/bytes_per_epoch"))
+                    if paired:
+                        cells.append(gap(summaries, runs.get((dataset, cut, variant.pair), [])) if variant.pair else "")
                     lines.append(
                         f"| {dataset} | {cut} | {variant.label or variant.name} | {len(summaries)} | "
                         + " | ".join(cells)

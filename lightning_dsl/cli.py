@@ -18,7 +18,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
-from lightning_dsl.callbacks import CommunicationMonitor, PeakMemoryMonitor, RunSummary, SplitThroughputMonitor
+from lightning_dsl.callbacks import (
+    CommunicationMonitor,
+    PartitionMonitor,
+    PeakMemoryMonitor,
+    RunSummary,
+    SplitThroughputMonitor,
+)
 from lightning_dsl.module import DecoupledSplitModule
 
 RUNS_DIR = "runs"
@@ -29,14 +35,19 @@ class DSLCLI(LightningCLI):
 
     * ``data.num_classes`` reaches the model (``link_arguments``), so it is never set twice by hand; the
       auxiliary head is built at ``setup`` from the data module's ``input_shape`` (or its first batch).
-    * The communication, memory, throughput and summary callbacks are always on; each has its
-      own config section (``communication:``, ``memory:``, ``throughput:``, ``summary:``). The
+    * The data module's ``num_clients`` (1 for a data module without one) is the model's: the data decide
+      how many clients there are (``--data.init_args.num_clients=10``); the model's ``client_schedule``
+      tells the package's data modules how to serve them.
+    * The communication, memory, throughput, partition and summary callbacks are always on; each has its
+      own config section (``communication:``, ``memory:``, ``throughput:``, ``partition:``, ``summary:``). The
       bytes sent up and the peak saved activations show in the progress bar (``prog_bar: false``
       in the section turns that off).
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.num_clients", compute_fn=_num_clients, apply_on="instantiate")
+        parser.add_lightning_class_args(PartitionMonitor, "partition")
         parser.add_lightning_class_args(CommunicationMonitor, "communication")
         parser.add_lightning_class_args(PeakMemoryMonitor, "memory")
         parser.add_lightning_class_args(SplitThroughputMonitor, "throughput")
@@ -70,6 +81,11 @@ def trainer_defaults() -> dict[str, Any]:
             },
         ],
     }
+
+
+def _num_clients(data: LightningDataModule) -> int:
+    """The data module's number of clients; 1 for a data module that has no such attribute."""
+    return int(getattr(data, "num_clients", 1))
 
 
 def _path(cls: type) -> str:

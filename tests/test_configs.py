@@ -1,6 +1,7 @@
 """Every YAML under ``configs/`` parses through the real CLI, resolves to what it says, and trains a few batches.
 
-The files under ``configs/paper/`` are overlays on ``configs/cifar10_resnet110.yaml`` (their header says so).
+The files under ``configs/paper/`` are overlays on ``configs/cifar10_resnet110.yaml``, those under
+``configs/clients/`` on ``configs/quickstart.yaml`` (their headers say so).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ from lightning_dsl.data import CIFARDataModule, DigitsDataModule
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BASE = CONFIGS / "cifar10_resnet110.yaml"
-ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("paper/*.yaml"))
+ALL_CONFIGS = (
+    sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("paper/*.yaml")) + sorted(CONFIGS.glob("clients/*.yaml"))
+)
+OVERLAY_BASES = {"paper": BASE, "clients": CONFIGS / "quickstart.yaml"}
 
 
 def name(config: Path) -> str:
@@ -32,7 +36,8 @@ def name(config: Path) -> str:
 
 def chain(config: Path) -> list[str]:
     """The ``--config`` arguments that run ``config``: an overlay comes after its base."""
-    files = [BASE, config] if config.parent.name == "paper" else [config]
+    base = OVERLAY_BASES.get(config.parent.name)
+    files = [base, config] if base else [config]
     return [arg for path in files for arg in ("--config", str(path))]
 
 
@@ -61,6 +66,9 @@ def test_every_config_is_covered() -> None:
         "cifar10_resnet110.yaml",
         "cifar100_resnet110.yaml",
         "paper/cpu.yaml",
+        "clients/iid.yaml",
+        "clients/dirichlet.yaml",
+        "clients/sequential.yaml",
     }
 
 
@@ -218,7 +226,7 @@ def train_params() -> list[Any]:
         marks: list[Any] = []
         if "cifar100" in name(config):
             marks = [pytest.mark.skip(reason="CIFAR-100 is not available offline: this config is only parsed")]
-        elif name(config) != "quickstart.yaml":
+        elif name(config) != "quickstart.yaml" and not name(config).startswith("clients/"):
             marks = [pytest.mark.shared_data]
         params.append(pytest.param(config, marks=marks, id=name(config)))
     return params
@@ -229,7 +237,7 @@ def test_config_trains_a_few_batches(
     config: Path, in_tmp: Path, single_thread: None, request: pytest.FixtureRequest
 ) -> None:
     overrides = list(FEW_BATCHES) + [f"--trainer.default_root_dir={in_tmp / 'runs'}"]
-    if name(config) != "quickstart.yaml":
+    if name(config) != "quickstart.yaml" and not name(config).startswith("clients/"):
         root = request.getfixturevalue("cifar10_jpg_mini")
         overrides += [*TINY_CIFAR, f"--data.init_args.root={root}"]
     initial = parse(config, *overrides).model.state_dict()  # the same seed_everything: the same initial weights
@@ -239,7 +247,15 @@ def test_config_trains_a_few_batches(
     model = cli.model
     assert cli.trainer.state.finished
     assert model.batches_trained == 2
-    assert cli.trainer.global_step == 4, "two optimizer steps (client, server) per batch"
+    # Two optimizer steps (client, server) per client batch: every client with a batch left in a parallel step
+    # (a small non-IID shard can be used up after one), one client in a sequential step.
+    data = cli.datamodule
+    assert model.num_clients == data.num_clients
+    if model.num_clients > 1 and model.client_schedule == "parallel":
+        client_batches = sum(min(2, -(-size // data.batch_size)) for size in data.partition.sizes)
+    else:
+        client_batches = 2
+    assert cli.trainer.global_step == 2 * client_batches
     trained = model.state_dict()
     for key, value in initial.items():
         if key.startswith(("client.", "server.")) and value.is_floating_point():
@@ -251,5 +267,8 @@ def test_config_trains_a_few_batches(
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["mode"], summary["split_index"], summary["batches"]) == (model.mode, model.split_index, 2)
     assert 0.0 <= summary["val/acc"] <= 1.0 and 0.0 <= summary["val/aux_acc"] <= 1.0
-    assert summary["comm/total_bytes_up"] == 2 * cli.datamodule.batch_size * summary["comm/bytes_per_sample_up"] > 0
+    assert summary["comm/total_bytes_up"] > 0
+    if model.num_clients == 1:
+        samples = 2 * data.batch_size
+        assert summary["comm/total_bytes_up"] == samples * summary["comm/bytes_per_sample_up"]
     assert list((in_tmp / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -2,7 +2,8 @@
 
 from lightning_dsl.callbacks.communication import CommunicationMonitor
 from lightning_dsl.callbacks.memory import PeakMemoryMonitor
+from lightning_dsl.callbacks.partition import PartitionMonitor
 from lightning_dsl.callbacks.summary import RunSummary
 from lightning_dsl.callbacks.throughput import SplitThroughputMonitor
 
-__all__ = ["CommunicationMonitor", "PeakMemoryMonitor", "RunSummary", "SplitThroughputMonitor"]
+__all__ = ["CommunicationMonitor", "PartitionMonitor", "PeakMemoryMonitor", "RunSummary", "SplitThroughputMonitor"]

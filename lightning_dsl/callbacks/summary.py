@@ -128,7 +128,8 @@ class RunSummary(Callback):
 
 def _describe(pl_module: LightningModule) -> dict[str, Any]:
     """The run's split (mode, cut) and the parameter count of each part."""
-    described: dict[str, Any] = {name: getattr(pl_module, name, None) for name in ("mode", "split_index", "num_units")}
+    names = ("mode", "split_index", "num_units", "num_clients", "client_schedule", "aggregate_every")
+    described: dict[str, Any] = {name: getattr(pl_module, name, None) for name in names}
     for part in ("client", "server", "aux_head"):
         module = getattr(pl_module, part, None)
         if isinstance(module, nn.Module):

@@ -15,12 +15,18 @@ PREFIX = "throughput/"
 
 
 def default_batch_size(batch: Any) -> int:
-    """The number of samples in ``batch``: the length of its first tensor (inputs, labels, ...)."""
+    """The number of samples in ``batch``: the length of its first tensor (inputs, labels, ...).
+
+    A batch of many clients (one ``(inputs, labels)`` pair or ``None`` per client) counts every client's samples.
+    """
     if isinstance(batch, Tensor):
         return int(batch.shape[0])
     if isinstance(batch, dict):
         batch = list(batch.values())
     if isinstance(batch, (list, tuple)) and batch:
+        entries = [entry for entry in batch if entry is not None]
+        if entries and not isinstance(batch[0], Tensor) and all(isinstance(e, (list, tuple)) for e in entries):
+            return sum(default_batch_size(entry) for entry in entries)
         return default_batch_size(batch[0])
     raise ValueError(
         f"Cannot tell the batch size of a batch of type {type(batch).__name__}: pass `batch_size_fn` to the callback."

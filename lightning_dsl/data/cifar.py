@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import CombinedLoader, rank_zero_info
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, CIFAR100
 
+from lightning_dsl.data.clients import ClientsDataMixin, SequentialClients
 from lightning_dsl.data.images import InMemoryImageDataset, load_image_folder, read_cache, scan_image_folder
 
 _NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -38,7 +39,7 @@ _NORMALIZATIONS = ("dataset", "imagenet")
 _IMAGE_SHAPE = (3, 32, 32)
 
 
-class CIFARDataModule(LightningDataModule):
+class CIFARDataModule(ClientsDataMixin, LightningDataModule):
     """CIFAR-10 or CIFAR-100 with the standard augmentation, from torchvision's files or an ImageFolder copy.
 
     The data are looked for under ``root`` in torchvision's format first (``cifar-10-batches-py/`` or
@@ -49,6 +50,10 @@ class CIFARDataModule(LightningDataModule):
     With ``val_size=0`` (the default) validation runs on the test split, as is common in CIFAR papers and
     as the decoupled split learning paper does; set ``val_size`` to hold out a class-stratified part of
     the training images instead (validated without augmentation).
+
+    With ``num_clients > 1`` the training images are partitioned over simulated clients and
+    ``train_dataloader`` serves one loader per client (see :class:`~lightning_dsl.data.clients.ClientsDataMixin`);
+    validation and test stay global.
 
     Args:
         name: ``"cifar10"`` or ``"cifar100"``.
@@ -67,10 +72,17 @@ class CIFARDataModule(LightningDataModule):
             (what the published CIFAR-ResNet checkpoints were trained with).
         seed: seeds the validation split, the subset, the shuffling and the augmentation.
         pin_memory: pin batches in page-locked memory; ``None`` pins when CUDA is available.
+        num_clients: number of simulated clients the training images are partitioned over; 1 trains on all
+            of them with one loader, as without clients.
+        partition: how the training images are partitioned over the clients, one of
+            :data:`~lightning_dsl.data.partition.PARTITION_SCHEMES` (``"iid"``, ``"dirichlet"``, ``"shards"``);
+            seeded by ``seed``.
+        alpha: the Dirichlet concentration with ``partition="dirichlet"`` (smaller is more skewed).
+        shards_per_client: label shards per client with ``partition="shards"``.
 
     Raises:
-        ValueError: if an argument is out of range (``val_size`` and ``train_subset`` against the number
-            of training images are checked in ``setup``).
+        ValueError: if an argument is out of range (``val_size``, ``train_subset`` and the partition against
+            the number of training images are checked in ``setup``).
         FileNotFoundError: from ``prepare_data``/``setup`` when no data are found under ``root``.
 
     Example::
@@ -93,6 +105,10 @@ class CIFARDataModule(LightningDataModule):
         normalization: str = "dataset",
         seed: int = 0,
         pin_memory: bool | None = None,
+        num_clients: int = 1,
+        partition: str = "iid",
+        alpha: float | None = None,
+        shards_per_client: int | None = None,
     ) -> None:
         super().__init__()
         if name not in _NUM_CLASSES:
@@ -116,6 +132,7 @@ class CIFARDataModule(LightningDataModule):
                 f"Expected argument `train_subset` to be None (all training images) or at least"
                 f" {_NUM_CLASSES[name]} (one image per class of {name!r}), but got {train_subset}."
             )
+        self._init_clients(num_clients, partition, alpha, shards_per_client)
         self.save_hyperparameters()
         self.name = name  # LightningDataModule's `name` attribute, here the dataset's
         self._name: str = name
@@ -214,13 +231,15 @@ class CIFARDataModule(LightningDataModule):
                 load_image_folder(self.root, _IMAGE_SHAPE, write_cache=True)
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the splits into memory and check ``val_size`` and ``train_subset`` against them.
+        """Load the splits into memory, check ``val_size`` and ``train_subset`` against them, partition the clients.
 
         Raises:
             FileNotFoundError: if no data are found under ``root``.
-            ValueError: if the class count does not match ``name`` or a size argument is out of range.
+            ValueError: if the class count does not match ``name``, a size argument is out of range, or the
+                partition does not fit the training images.
         """
         if self.train_set is not None and self.test_set is not None:
+            self._setup_partition(self.train_set.targets, self.num_classes)
             return
         self.data_format = self._find_format()
         if self.data_format is None:
@@ -247,6 +266,7 @@ class CIFARDataModule(LightningDataModule):
             f" {self.val_size or len(test_y)} validation{' (the test split)' if not self.val_size else ''},"
             f" {len(test_y)} test images."
         )
+        self._setup_partition(self.train_set.targets, self.num_classes)
 
     def _load_torchvision(self) -> tuple[list[str], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         # Reads the pickles as torchvision's CIFAR10/CIFAR100 do, without re-hashing ~170 MB on every run
@@ -304,9 +324,12 @@ class CIFARDataModule(LightningDataModule):
             train_idx = train_idx[subset]
         return train_idx, val_idx
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (the order is seeded by ``seed``)."""
-        return self._loader(self._require(self.train_set), self.batch_size, shuffle=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader | SequentialClients:
+        """Shuffled training batches (the order seeded by ``seed``); one loader per client with ``num_clients > 1``."""
+        return self._client_dataloaders(self._require(self.train_set), self._train_loader)
+
+    def _train_loader(self, dataset: Dataset, seed: int) -> DataLoader:
+        return self._loader(dataset, self.batch_size, shuffle=True, seed=seed)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches: the held-out training images, or the test split when ``val_size=0``."""
@@ -324,7 +347,7 @@ class CIFARDataModule(LightningDataModule):
             raise RuntimeError("CIFARDataModule: call `setup()` before asking for a dataloader.")
         return dataset
 
-    def _loader(self, dataset: InMemoryImageDataset, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -333,7 +356,7 @@ class CIFARDataModule(LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None,
         )
 
 

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import CombinedLoader
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_dsl.data.clients import ClientsDataMixin, SequentialClients
 
 
-class DigitsDataModule(LightningDataModule):
+class DigitsDataModule(ClientsDataMixin, LightningDataModule):
     """The 1,797 8x8 digit images of ``sklearn.datasets.load_digits`` in seeded, stratified splits.
 
     Images are float tensors of shape ``(1, 8, 8)``: pixel values 0..16 are scaled to ``[0, 1]`` and then
     normalized with the mean and standard deviation of the training split (``mean`` and ``std`` after
     ``setup``), so no statistics leak from the validation or test images.
+
+    With ``num_clients > 1`` the training images are partitioned over simulated clients and
+    ``train_dataloader`` serves one loader per client (see :class:`~lightning_dsl.data.clients.ClientsDataMixin`);
+    validation and test stay global.
 
     Args:
         batch_size: batch size for all splits.
@@ -22,9 +29,17 @@ class DigitsDataModule(LightningDataModule):
         test_fraction: fraction of the images held out for testing.
         seed: seeds the splits and the shuffling.
         num_workers: DataLoader worker processes (the data are tiny: 0 is fastest).
+        num_clients: number of simulated clients the training images are partitioned over; 1 trains on all
+            of them with one loader, as without clients.
+        partition: how the training images are partitioned over the clients, one of
+            :data:`~lightning_dsl.data.partition.PARTITION_SCHEMES` (``"iid"``, ``"dirichlet"``, ``"shards"``);
+            seeded by ``seed``.
+        alpha: the Dirichlet concentration with ``partition="dirichlet"`` (smaller is more skewed).
+        shards_per_client: label shards per client with ``partition="shards"``.
 
     Raises:
-        ValueError: if a fraction leaves a split with fewer images than classes, or a count is negative.
+        ValueError: if a fraction leaves a split with fewer images than classes, a count is negative, or the
+            partition arguments are invalid (those that depend on the training images are checked in ``setup``).
 
     Example::
 
@@ -48,6 +63,10 @@ class DigitsDataModule(LightningDataModule):
         test_fraction: float = 0.15,
         seed: int = 0,
         num_workers: int = 0,
+        num_clients: int = 1,
+        partition: str = "iid",
+        alpha: float | None = None,
+        shards_per_client: int | None = None,
     ) -> None:
         super().__init__()
         for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -66,6 +85,7 @@ class DigitsDataModule(LightningDataModule):
             raise ValueError(f"Expected argument `batch_size` to be a positive integer, but got {batch_size}.")
         if num_workers < 0:
             raise ValueError(f"Expected argument `num_workers` to be 0 or more, but got {num_workers}.")
+        self._init_clients(num_clients, partition, alpha, shards_per_client)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -79,8 +99,14 @@ class DigitsDataModule(LightningDataModule):
         self.test_set: TensorDataset | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        """Load the digits, split them (stratified, seeded) and normalize with the training statistics."""
+        """Load the digits, split them (stratified, seeded), normalize with the training statistics, partition.
+
+        Raises:
+            ValueError: if the partition does not fit the training images (more clients than images, shards
+                that do not divide them).
+        """
         if self.train_set is not None:
+            self._setup_partition(self.train_set.tensors[1], self.num_classes)
             return
         digits = load_digits()
         images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
@@ -96,10 +122,16 @@ class DigitsDataModule(LightningDataModule):
             return TensorDataset((images[idx] - self.mean) / self.std, targets[idx])
 
         self.train_set, self.val_set, self.test_set = subset(train_idx), subset(val_idx), subset(test_idx)
+        self._setup_partition(self.train_set.tensors[1], self.num_classes)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (the order is seeded by ``seed``)."""
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self) -> DataLoader | CombinedLoader | SequentialClients:
+        """Shuffled training batches (the order seeded by ``seed``); one loader per client with ``num_clients > 1``."""
+        if self.train_set is None:
+            raise RuntimeError("DigitsDataModule: call `setup()` before asking for a dataloader.")
+        return self._client_dataloaders(self.train_set, self._train_loader)
+
+    def _train_loader(self, dataset: Dataset, seed: int) -> DataLoader:
+        return self._loader(dataset, shuffle=True, seed=seed)
 
     def val_dataloader(self) -> DataLoader:
         """Validation batches."""
@@ -109,7 +141,7 @@ class DigitsDataModule(LightningDataModule):
         """Test batches."""
         return self._loader(self.test_set)
 
-    def _loader(self, dataset: TensorDataset | None, shuffle: bool = False) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool = False, seed: int | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("DigitsDataModule: call `setup()` before asking for a dataloader.")
         return DataLoader(
@@ -118,5 +150,5 @@ class DigitsDataModule(LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            generator=torch.Generator().manual_seed(self.seed if seed is None else seed) if shuffle else None,
         )

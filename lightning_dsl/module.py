@@ -19,7 +19,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dsl.core.clients import (
     ClientPair,
-    aggregate,
+    average,
+    broadcast,
     check_client_args,
     client_batches,
     clone_pair,
@@ -153,6 +154,7 @@ class DecoupledSplitModule(LightningModule):
         self.client_replicas = nn.ModuleList()
         self._active_client = 0  # sequential: the client that holds the model now
         self._samples_since_sync = [0] * num_clients  # parallel: samples each client trained on since FedAvg
+        self._pending_broadcast = False  # parallel: the average is made, not yet sent down to the clients
         self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
         self.client_optimizer = client_optimizer
         self.server_optimizer = server_optimizer
@@ -416,14 +418,25 @@ class DecoupledSplitModule(LightningModule):
 
     # ------------------------------------------------------------------ many clients
     def _end_of_client_epoch(self) -> None:
-        """After the epoch's last batch, before validation: FedAvg when this epoch closes a round."""
+        """After the epoch's last batch, before validation: the clients' upload and the average of a round.
+
+        The average goes down to the clients at the start of the next epoch (or at the end of fit), so the
+        validation in between sees both the aggregate and each client's own model. Training is the same as
+        with an immediate copy-back: no client takes a step in between.
+        """
         every = self.aggregate_every
         if self._has_replicas and every and (self.current_epoch + 1) % every == 0:
-            self.aggregate_clients()
+            self._average_clients()
+
+    def on_train_epoch_start(self) -> None:  # noqa: D102
+        if self._pending_broadcast:
+            self._broadcast_average()
 
     def on_train_end(self) -> None:  # noqa: D102
         if self._has_replicas and any(self._samples_since_sync):
-            self.aggregate_clients()  # the end of fit closes the last round, however it stopped
+            self._average_clients()  # the end of fit closes the last round, however it stopped
+        if self._pending_broadcast:
+            self._broadcast_average()
 
     def aggregate_clients(self) -> None:
         """FedAvg of the clients' halves and heads (BatchNorm statistics included), weighted by shard size.
@@ -433,14 +446,29 @@ class DecoupledSplitModule(LightningModule):
         them (N loaders over sized datasets), else the samples each client trained on since the last
         aggregation. Each client's optimizer state stays as it is.
         """
+        self._average_clients()
+        self._broadcast_average()
+
+    def _average_clients(self) -> None:
         loaders = self.trainer.train_dataloader if self._trainer is not None else None
         sizes = shard_sizes(loaders, self.num_clients)
         weights = sizes if sizes is not None else self._samples_since_sync
         if not sum(weights):
             weights = [1] * self.num_clients
         pairs = [self.client_pair(i) for i in range(self.num_clients)]
-        aggregate(pairs, weights, self.cut, into=(self.client, self.aux_head))
+        average(pairs, weights, self.cut, into=(self.client, self.aux_head))
         self._samples_since_sync = [0] * self.num_clients
+        self._pending_broadcast = True
+
+    def _broadcast_average(self) -> None:
+        pairs = [self.client_pair(i) for i in range(self.num_clients)]
+        broadcast((self.client, self.aux_head), self.num_clients, self.cut, pairs)
+        self._pending_broadcast = False
+
+    @property
+    def clients_differ(self) -> bool:
+        """Whether the clients' own halves and heads may differ from the aggregate (parallel, between rounds)."""
+        return self._has_replicas and (self._pending_broadcast or any(self._samples_since_sync))
 
     def on_train_epoch_end(self) -> None:  # noqa: D102
         if self.scheduler_interval == "epoch":
@@ -465,7 +493,7 @@ class DecoupledSplitModule(LightningModule):
         self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
         self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
-        if self._has_replicas and any(self._samples_since_sync):
+        if self.clients_differ:
             # Between two aggregations the clients differ from their average: each one's own head, too.
             metrics = self.val_client_aux_acc if stage == "val" else self.test_client_aux_acc
             for index, metric in enumerate(metrics):
@@ -498,6 +526,7 @@ class DecoupledSplitModule(LightningModule):
             "input_shape": self.input_shape,
             "active_client": self._active_client,
             "samples_since_sync": list(self._samples_since_sync),
+            "pending_broadcast": self._pending_broadcast,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
@@ -505,6 +534,7 @@ class DecoupledSplitModule(LightningModule):
         self.batches_trained = int(state.get("batches_trained", 0))
         self._active_client = int(state.get("active_client", 0))
         self._samples_since_sync = [int(n) for n in state.get("samples_since_sync", [0] * self.num_clients)]
+        self._pending_broadcast = bool(state.get("pending_broadcast", False))
         if not self._aux_head_built and state.get("input_shape") is not None:
             self._build_aux_head(state["input_shape"])
 

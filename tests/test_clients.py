@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities import CombinedLoader
 from torch import Tensor, nn
 from torch.nn.functional import cross_entropy
@@ -22,7 +23,7 @@ from torchmetrics.functional.classification import multiclass_accuracy
 
 from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.callbacks import CommunicationMonitor
-from lightning_dsl.core.fedavg import fedavg
+from lightning_dsl.core.fedavg import client_state, fedavg
 from tests.test_module import (
     BATCH,
     CLIENT_SGD,
@@ -374,3 +375,28 @@ def test_checkpoint_round_trip_keeps_replicas(tmp_path: Any) -> None:
     restored = DecoupledSplitModule.load_from_checkpoint(path, network=make_network(), aux_head=make_head())
     for index in range(2):
         assert_same_state(restored.client_pair(index)[0], model.client_pair(index)[0], exact=True)
+
+
+def test_validation_between_upload_and_download_sees_the_average_and_each_client() -> None:
+    """After an epoch's last batch the clients' models go up and are averaged; they come down at the next epoch.
+
+    Validation in between evaluates the average (the split network) and each client's own, local head.
+    """
+    shards = make_shards()
+    model = make_module(make_network(), make_head(), num_clients=2)
+    seen: list[dict[str, Any]] = []
+
+    class Probe(Callback):
+        def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            local = [copy.deepcopy(pl_module.client_pair(i)) for i in range(2)]
+            expected = fedavg([client_state(*pair) for pair in local], list(SHARDS))
+            seen.append({"metrics": dict(trainer.callback_metrics), "expected": expected})
+
+    val = DataLoader(TensorDataset(*shards[1]), batch_size=BATCH)
+    make_trainer(max_epochs=2, limit_val_batches=None, callbacks=[Probe()]).fit(model, parallel_loader(shards), val)
+    assert len(seen) == 2
+    for seen_epoch in seen:
+        assert {"val/aux_acc/client0", "val/aux_acc/client1"} <= set(seen_epoch["metrics"])
+    # The aggregate after fit is the shard-weighted average of the clients' last local models.
+    for name, tensor in client_state(model.client, model.aux_head).items():
+        torch.testing.assert_close(tensor, seen[-1]["expected"][name], rtol=0, atol=0)

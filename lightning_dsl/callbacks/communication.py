@@ -73,6 +73,8 @@ class CommunicationMonitor(Callback):
         self.test_bytes_down = 0
         self._snapshot = Traffic()
         self._client_snapshot: dict[int, Traffic] = {}
+        self._sync_mark = Traffic()  # the cut's traffic when the model transfers were last counted
+        self._client_sync_mark: dict[int, Traffic] = {}
         self._eval_traffic = Traffic()
         self._cut: Any = None
 
@@ -99,8 +101,9 @@ class CommunicationMonitor(Callback):
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        self._traffic(pl_module)
         self._cut = pl_module.cut
+        self._sync_mark = self._traffic(pl_module).copy()
+        self._client_sync_mark = {i: t.copy() for i, t in self._links(pl_module).items()}
         modules = [getattr(pl_module, name, None) for name in ("client", "aux_head")]
         client = [m for m in modules if isinstance(m, torch.nn.Module)]
         parameters = {id(p): p for m in client for p in m.parameters()}.values()
@@ -121,10 +124,11 @@ class CommunicationMonitor(Callback):
         batch_size = self.batch_size_fn(batch)
         self.total_bytes_up += sent.bytes_up
         self.total_bytes_down += sent.bytes_down
-        self._count_sync(sent)
         for client, traffic in self._links(pl_module).items():
             delta = traffic - self._client_snapshot.get(client, Traffic())
+            delta.sync_bytes_up = delta.sync_bytes_down = 0  # counted by _count_sync, wherever they happened
             self.client_totals[client] = self.client_totals.get(client, Traffic()) + delta
+        self._count_sync()
         if self.bytes_per_sample_up is None:
             self.bytes_per_sample_up = sent.bytes_up / batch_size
         if not self.bytes_per_sample_down and sent.bytes_down:  # hybrid: the first batch that sends down
@@ -139,14 +143,27 @@ class CommunicationMonitor(Callback):
         self._log(pl_module, "sync_bytes_up", self.sync_bytes_up, batch_size, on_step=True)
         self._log(pl_module, "sync_bytes_down", self.sync_bytes_down, batch_size, on_step=True)
 
-    def _count_sync(self, sent: Traffic) -> None:
+    def _count_sync(self) -> None:
+        """Add the model transfers made since the last count.
+
+        They happen inside a batch (the upload after the epoch's last batch), between epochs (the average
+        sent down) and after the last batch (the end of fit).
+        """
+        if self._cut is None:
+            return
+        sent = self._cut.traffic - self._sync_mark
         self.sync_bytes_up += sent.sync_bytes_up
         self.sync_bytes_down += sent.sync_bytes_down
+        for client, traffic in self._cut.client_traffic.items():
+            link = traffic - self._client_sync_mark.get(client, Traffic())
+            total = self.client_totals.setdefault(client, Traffic())
+            total.sync_bytes_up += link.sync_bytes_up
+            total.sync_bytes_down += link.sync_bytes_down
+        self._sync_mark = self._cut.traffic.copy()
+        self._client_sync_mark = {i: t.copy() for i, t in self._cut.client_traffic.items()}
 
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        # Transfers after the last batch (the module's end-of-fit FedAvg runs after this hook: see summary()).
-        self._snapshot = self._traffic(pl_module).copy()
-        self._client_snapshot = {i: t.copy() for i, t in self._links(pl_module).items()}
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        self._count_sync()  # the module's end-of-fit FedAvg runs after the callbacks' on_train_end
 
     # ------------------------------------------------------------------ evaluation
     def _eval_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -231,23 +248,9 @@ class CommunicationMonitor(Callback):
         self.sync_bytes_down = int(state_dict.get("sync_bytes_down", 0))
         self.client_totals = {int(i): Traffic(**t) for i, t in state_dict.get("client_totals", {}).items()}
 
-    def _settle(self) -> None:
-        """Count the transfers made after the last training batch (the FedAvg that closes fit)."""
-        if self._cut is None:
-            return
-        late = self._cut.traffic - self._snapshot
-        if late.sync_bytes_up or late.sync_bytes_down:
-            self._count_sync(late)
-            for client, traffic in self._cut.client_traffic.items():
-                delta = traffic - self._client_snapshot.get(client, Traffic())
-                delta.bytes_up = delta.bytes_down = delta.messages_up = delta.messages_down = 0  # evaluation's
-                self.client_totals[client] = self.client_totals.get(client, Traffic()) + delta
-            self._snapshot = self._cut.traffic.copy()
-            self._client_snapshot = {i: t.copy() for i, t in self._cut.client_traffic.items()}
-
     def summary(self) -> dict[str, float | int]:
         """The figures for the end-of-run summary (keys as logged, plus the static picture)."""
-        self._settle()
+        self._count_sync()  # the transfers that close fit come after the last batch
         figures: dict[str, float | int | None] = {
             "total_bytes_up": self.total_bytes_up,
             "total_bytes_down": self.total_bytes_down,

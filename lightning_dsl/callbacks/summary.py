@@ -82,6 +82,9 @@ class RunSummary(Callback):
             if isinstance(module, nn.Module):
                 summary[f"params/{part}"] = sum(p.numel() for p in module.parameters())
         summary.update({k: _number(trainer.callback_metrics[k]) for k in METRICS if k in trainer.callback_metrics})
+        # Each client's own head (many clients, between two FedAvg rounds): val/aux_acc/client<i>.
+        per_client = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/aux_acc/client")}
+        summary.update({k: _number(v) for k, v in per_client.items()})
         summary.update(self._contributions(trainer))
         summary["history"] = self.history
         self._write(trainer, summary)

@@ -113,11 +113,21 @@ def aggregate(clients: Sequence[ClientPair], weights: Sequence[float], cut: Cut,
         cut: the seam the states cross, counted as sync traffic.
         into: the aggregated half and head (the model that is evaluated), set to the average too.
     """
+    average(clients, weights, cut, into)
+    broadcast(into, len(clients), cut, clients)
+
+
+def average(clients: Sequence[ClientPair], weights: Sequence[float], cut: Cut, into: ClientPair) -> None:
+    """The first half of :func:`aggregate`: the clients' states go up and their average is loaded into ``into``."""
     states = [cut.send_state_up(client_state(*pair), client=i) for i, pair in enumerate(clients)]
-    average = fedavg(states, weights)
-    load_client_state(*into, average)
-    for i, pair in enumerate(clients):
-        load_client_state(*pair, cut.send_state_down(average, client=i))
+    load_client_state(*into, fedavg(states, weights))
+
+
+def broadcast(source: ClientPair, num_clients: int, cut: Cut, clients: Sequence[ClientPair]) -> None:
+    """The second half of :func:`aggregate`: ``source`` (the average) goes down to every client."""
+    state = client_state(*source)
+    for i in range(num_clients):
+        load_client_state(*clients[i], cut.send_state_down(state, client=i))
 
 
 def hand_over(pair: ClientPair, cut: Cut, source: int, target: int) -> None:

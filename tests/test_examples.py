@@ -130,3 +130,19 @@ def test_plain_python_learns(plain_python: dict[str, Any], single_thread: None, 
     trainer = plain_python["main"](["--epochs", "2", "--root", str(tmp_path)])
     assert trainer.callback_metrics["test/acc"] > 5 * CHANCE
     assert trainer.callback_metrics["test/aux_acc"] > 3 * CHANCE
+
+
+@pytest.fixture(scope="module")
+def many_clients() -> dict[str, Any]:
+    return runpy.run_path(str(EXAMPLES / "many_clients.py"))
+
+
+@pytest.mark.parametrize(("schedule", "transfers"), [("parallel", 2 * 4), ("sequential", 3 + 4)])
+def test_many_clients_example(many_clients: dict[str, Any], single_thread: None, schedule: str, transfers: int) -> None:
+    """Two epochs of 4 non-IID clients: they learn, and every model transfer costs one client state."""
+    results = many_clients["main"](["--clients", "4", "--epochs", "2", "--schedule", schedule])
+    assert sum(results["shard_sizes"]) == 1500 and len(set(results["shard_sizes"])) > 1
+    assert results["val/acc"] > 3 * CHANCE
+    # parallel: 4 uploads per FedAvg round, one round per epoch; sequential: 3 hand-overs in epoch 1 and
+    # 4 in epoch 2 (the last client first hands the model back to client 0).
+    assert results["sync_bytes_up"] == transfers * results["client_state_bytes"]

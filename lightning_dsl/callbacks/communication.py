@@ -101,8 +101,8 @@ class CommunicationMonitor(Callback):
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        self._cut = pl_module.cut
         self._sync_mark = self._traffic(pl_module).copy()
+        self._cut = pl_module.cut
         self._client_sync_mark = {i: t.copy() for i, t in self._links(pl_module).items()}
         modules = [getattr(pl_module, name, None) for name in ("client", "aux_head")]
         client = [m for m in modules if isinstance(m, torch.nn.Module)]

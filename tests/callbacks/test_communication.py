@@ -177,6 +177,7 @@ def test_metrics_in_offline_wandb_run(
         make_trainer(callbacks, logger=logger).fit(make_module("sl"), *loaders())
     finally:
         wandb.finish()
+        wandb.teardown()  # stops W&B's service, so the run file is complete before it is read (a busy machine)
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     history: list[dict[str, Any]] = []
     for data in _wandb_records(run_file):

@@ -17,13 +17,17 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_dsl.core.accumulation import Window, accumulation_window
 from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
+from lightning_dsl.core.peek import batch_inputs, peek_inputs
 from lightning_dsl.core.split import split_network
 from lightning_dsl.core.step import StepOutput, split_step
+from lightning_dsl.trainer_glue import allow_partial_backward, refuse_trainer_flags, stage_loader
 
 MODES = ("dsl", "sl", "hybrid")
+CLIP_ALGORITHMS = ("norm", "value")
 PhaseHook = Callable[[str], contextlib.AbstractContextManager[Any]]
 
 
@@ -67,7 +71,18 @@ class DecoupledSplitModule(LightningModule):
         grad_codec: codec for the gradient sent down (``sl``/``hybrid``).
         input_shape: shape of one input sample, e.g. ``(3, 32, 32)``, used to build the auxiliary
             head with its real shapes at construction (the CLI links it from the data module).
-            When ``None``, it is read from the data module at ``setup``.
+            When ``None``, it is read at ``setup`` from the data module's ``input_shape`` or from one
+            sample of the loader (``fit``, ``validate``, ``test`` or ``predict`` with plain loaders
+            work too). A head passed as a module needs no shape: it is checked on the first batch.
+        gradient_clip_val: clip each side's gradients (the client with its auxiliary head, the server)
+            to this norm or value before its optimizer steps; ``None`` or 0: no clipping. Lightning's
+            ``Trainer(gradient_clip_val=...)`` cannot be used with this module's manual optimization.
+        gradient_clip_algorithm: ``"norm"`` (default: each side's total 2-norm) or ``"value"``.
+        accumulate_grad_batches: step the optimizers every k batches (windows counted from each epoch's
+            start; the last window of an epoch is stepped even when shorter), each loss scaled by 1/k.
+            Replaces ``Trainer(accumulate_grad_batches=...)``, which manual optimization refuses.
+        predict_aux_logits: ``trainer.predict`` returns, per batch, a dict ``{"logits", "aux_logits"}``
+            (the split network's and the client-alone logits) instead of the split network's logits.
 
     Example::
 
@@ -100,6 +115,10 @@ class DecoupledSplitModule(LightningModule):
         codec: str | Codec = "none",
         grad_codec: str | Codec = "none",
         input_shape: Sequence[int] | None = None,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        accumulate_grad_batches: int = 1,
+        predict_aux_logits: bool = False,
     ) -> None:
         super().__init__()
         ignore = [n for n, v in (("network", network), ("aux_head", aux_head)) if isinstance(v, nn.Module)]
@@ -127,6 +146,12 @@ class DecoupledSplitModule(LightningModule):
         self.client_lr_scheduler = client_lr_scheduler
         self.server_lr_scheduler = server_lr_scheduler
         self.scheduler_interval = scheduler_interval
+        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
+            gradient_clip_val, gradient_clip_algorithm
+        )
+        accumulation_window(0, accumulate_grad_batches)  # checks the argument (an int >= 1)
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.predict_aux_logits = bool(predict_aux_logits)
         self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"))
 
         if split_index is None:
@@ -160,7 +185,10 @@ class DecoupledSplitModule(LightningModule):
         unknown = sorted(set(self._aux_head_kwargs) - set(HEAD_OPTIONS))
         if unknown:
             raise ValueError(f"Unknown keys {unknown} in argument `aux_head_kwargs`: allowed are {list(HEAD_OPTIONS)}.")
-        self.aux_head: nn.Module = nn.Identity()  # replaced by `_build_aux_head` before any optimizer exists
+        # A built-in head is built by `_build_aux_head` before any optimizer exists; a user's module is the head
+        # at once (its parameters exist) and is checked against the cut activation by `_build_aux_head` as soon
+        # as the input shape is known, at the latest on the first batch.
+        self.aux_head: nn.Module = aux_head if isinstance(aux_head, nn.Module) else nn.Identity()
         self._aux_head_built = False
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         if self.input_shape is not None:
@@ -235,14 +263,48 @@ class DecoupledSplitModule(LightningModule):
             self._check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut
         if not self._aux_head_built:
             shape = getattr(datamodule, "input_shape", None)
-            if shape is None and datamodule is not None:
-                shape = tuple(next(iter(datamodule.train_dataloader()))[0].shape[1:])
-            if shape is None:
-                raise ValueError(
-                    "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
-                    " DecoupledSplitModule, or train with a data module that has an `input_shape` attribute."
-                )
-            self._build_aux_head(shape)
+            if shape is None and not isinstance(self._aux_head_spec, nn.Module):  # a user's head waits for a batch
+                shape = self._input_shape_from_loader(stage)
+            if shape is not None:
+                self._build_aux_head(shape)
+        if self._trainer is not None and stage == "fit":
+            allow_partial_backward(self.trainer)
+
+    def _input_shape_from_loader(self, stage: str) -> tuple[int, ...]:
+        """One input's shape, from one sample of the stage's loader (nothing of the epoch is consumed)."""
+        loader = stage_loader(self.trainer, stage) if self._trainer is not None else None
+        inputs = peek_inputs(loader) if loader is not None else None
+        if inputs is None:
+            raise ValueError(
+                "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
+                " DecoupledSplitModule, use a data module with an `input_shape` attribute, or a loader whose batches"
+                " are a tensor or (inputs, labels) and can be read again (not a one-shot iterator)."
+            )
+        return tuple(inputs.shape[1:])
+
+    def configure_callbacks(self) -> list[Any]:
+        """No callbacks of its own; the earliest hook of a Trainer run refuses the Trainer flags it cannot honour."""
+        refuse_trainer_flags(self.trainer)
+        return []
+
+    def _check_aux_head_on(self, batch: Any) -> None:
+        """A head passed as a module and no shape known before: check it on the first batch's inputs."""
+        if not self._aux_head_built:
+            inputs = batch_inputs(batch)
+            if inputs is not None:
+                self._build_aux_head(inputs.shape[1:])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
@@ -252,13 +314,16 @@ class DecoupledSplitModule(LightningModule):
             head = list(self.aux_head.parameters())
             client_params = [{"params": list(self.client.parameters())}, {"params": head, "lr": self.aux_head_lr}]
         optimizers = [self.client_optimizer(client_params), self.server_optimizer(self.server.parameters())]
+        _name_param_groups(optimizers[0], ("client", "aux_head"))
+        _name_param_groups(optimizers[1], ("server",))
         schedulers = []
         self._scheduled_sides: list[int] = []
         for side, (factory, optimizer) in enumerate(
             zip((self.client_lr_scheduler, self.server_lr_scheduler), optimizers, strict=True)
         ):
             if factory is not None:
-                schedulers.append({"scheduler": factory(optimizer), "interval": self.scheduler_interval})
+                # LearningRateMonitor logs "<name>/<param group name>": lr/client, lr/server (lr/aux_head)
+                schedulers.append({"scheduler": factory(optimizer), "interval": self.scheduler_interval, "name": "lr"})
                 self._scheduled_sides.append(side)
         return optimizers, schedulers
 
@@ -315,6 +380,7 @@ class DecoupledSplitModule(LightningModule):
         inputs, labels = batch[0], batch[1]
         self._check_labels(labels)
         client_optimizer, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
+        window = self._accumulation_window(batch_idx)
         out: StepOutput = split_step(
             self.client,
             self.server,
@@ -328,15 +394,28 @@ class DecoupledSplitModule(LightningModule):
             backward=self.manual_backward,
             feedback_weight=self.feedback_weight_at(self.batches_trained),
             phase=self._phase,
+            zero_grad=window.zero_grad,
+            step_optimizers=window.step,
+            loss_scale=window.loss_scale,
         )
         self.batches_trained += 1
         self.train_acc(out.logits, out.labels)
         self.log("train/loss", out.loss, prog_bar=True)
         self.log("train/aux_loss", out.aux_loss, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
-        if self.scheduler_interval == "step":
+        if self.scheduler_interval == "step" and window.step:
             self._step_schedulers()
         return {"loss": out.loss, "aux_loss": out.aux_loss, "feedback": out.feedback}
+
+    def _accumulation_window(self, batch_idx: int) -> Window:
+        """This batch's accumulation window; the epoch's last batch closes its window, as in Lightning."""
+        last = self.trainer.is_last_batch or batch_idx + 1 == self.trainer.num_training_batches
+        return accumulation_window(batch_idx, self.accumulate_grad_batches, last)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping side's gradients (after AMP's unscaling, which Lightning does before this hook)."""
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     def on_train_epoch_end(self) -> None:  # noqa: D102
         if self.scheduler_interval == "epoch":
@@ -367,6 +446,25 @@ class DecoupledSplitModule(LightningModule):
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
         self._evaluate(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | dict[str, Tensor]:
+        """The split network's logits for a batch that is a tensor of inputs or ``(inputs, labels, ...)``.
+
+        With ``predict_aux_logits=True``, a dict ``{"logits": ..., "aux_logits": ...}`` (the client alone,
+        through its auxiliary head). The activations cross the cut (and are counted); labels do not.
+        """
+        inputs = batch_inputs(batch)
+        if inputs is None:
+            raise ValueError(
+                f"Expected a predict batch to be a tensor of inputs or a sequence (inputs, labels, ...), but got"
+                f" {type(batch).__name__}."
+            )
+        z = self.client(inputs)
+        no_labels = torch.empty(0, dtype=torch.long, device=z.device)  # the server needs none to predict
+        logits = self.server(self.cut.send_up(z, no_labels)[0])
+        if self.predict_aux_logits:
+            return {"logits": logits, "aux_logits": self.aux_head(z)}
+        return logits
+
     def _check_labels(self, labels: Tensor) -> None:
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"Expected integer class labels, but the batch's labels have dtype {labels.dtype}.")
@@ -389,6 +487,18 @@ class DecoupledSplitModule(LightningModule):
             self._build_aux_head(state["input_shape"])
 
 
+def _name_param_groups(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> None:
+    """Name the parameter groups by side (``client``, ``aux_head``, ``server``) unless the user named them.
+
+    ``LearningRateMonitor`` appends a group's ``name`` to its key: ``lr-SGD/client`` and ``lr-SGD-1/server``
+    for optimizers without schedulers (it takes the rest from the optimizer's class), ``lr/client`` and
+    ``lr/server`` with schedulers (their config's ``name``).
+    """
+    if len(optimizer.param_groups) <= len(names):
+        for group, name in zip(optimizer.param_groups, names, strict=False):
+            group.setdefault("name", name)
+
+
 def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple[float | None, int | None]:
     """Validate the hybrid options; they are refused in the modes that would ignore them."""
     if mode != "hybrid":
@@ -407,3 +517,14 @@ def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"Expected argument `feedback_every` to be an int >= 1, but got {every!r}.")
     return float(weight), every
+
+
+def _check_clipping(value: float | None, algorithm: str) -> tuple[float | None, str]:
+    """Validate the clipping options (the Trainer's names and meaning: ``None`` or 0 is no clipping)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+        raise ValueError(f"Expected argument `gradient_clip_val` to be a number >= 0 or None, but got {value!r}.")
+    if not isinstance(algorithm, str) or algorithm.lower() not in CLIP_ALGORITHMS:
+        raise ValueError(
+            f"Expected argument `gradient_clip_algorithm` to be one of {list(CLIP_ALGORITHMS)}, but got {algorithm!r}."
+        )
+    return (float(value) if value else None), algorithm.lower()

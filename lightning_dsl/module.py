@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_dsl.core.accumulation import Window, accumulation_window
 from lightning_dsl.core.clients import (
     ClientPair,
     average,
@@ -30,10 +31,13 @@ from lightning_dsl.core.clients import (
 from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
+from lightning_dsl.core.peek import batch_inputs, peek_inputs
 from lightning_dsl.core.split import split_network
 from lightning_dsl.core.step import StepOutput, split_step
+from lightning_dsl.trainer_glue import allow_partial_backward, refuse_trainer_flags, stage_loader
 
 MODES = ("dsl", "sl", "hybrid")
+CLIP_ALGORITHMS = ("norm", "value")
 PhaseHook = Callable[[str], contextlib.AbstractContextManager[Any]]
 
 
@@ -77,7 +81,18 @@ class DecoupledSplitModule(LightningModule):
         grad_codec: codec for the gradient sent down (``sl``/``hybrid``).
         input_shape: shape of one input sample, e.g. ``(3, 32, 32)``, used to build the auxiliary
             head with its real shapes at construction (the CLI links it from the data module).
-            When ``None``, it is read from the data module at ``setup``.
+            When ``None``, it is read at ``setup`` from the data module's ``input_shape`` or from one
+            sample of the loader (``fit``, ``validate``, ``test`` or ``predict`` with plain loaders
+            work too). A head passed as a module needs no shape: it is checked on the first batch.
+        gradient_clip_val: clip each side's gradients (the client with its auxiliary head, the server)
+            to this norm or value before its optimizer steps; ``None`` or 0: no clipping. Lightning's
+            ``Trainer(gradient_clip_val=...)`` cannot be used with this module's manual optimization.
+        gradient_clip_algorithm: ``"norm"`` (default: each side's total 2-norm) or ``"value"``.
+        accumulate_grad_batches: step the optimizers every k batches (windows counted from each epoch's
+            start; the last window of an epoch is stepped even when shorter), each loss scaled by 1/k.
+            Replaces ``Trainer(accumulate_grad_batches=...)``, which manual optimization refuses.
+        predict_aux_logits: ``trainer.predict`` returns, per batch, a dict ``{"logits", "aux_logits"}``
+            (the split network's and the client-alone logits) instead of the split network's logits.
         num_clients: number of clients sharing the one server (default 1). With ``N > 1`` a training
             batch is a sequence of N ``(inputs, labels)`` pairs (or ``None``), one per client in client
             order, as Lightning's ``CombinedLoader`` yields for N loaders (the data modules serve that with
@@ -125,6 +140,10 @@ class DecoupledSplitModule(LightningModule):
         num_clients: int = 1,
         client_schedule: str = "parallel",
         aggregate_every: int = 1,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        accumulate_grad_batches: int = 1,
+        predict_aux_logits: bool = False,
     ) -> None:
         super().__init__()
         ignore = [n for n, v in (("network", network), ("aux_head", aux_head)) if isinstance(v, nn.Module)]
@@ -161,6 +180,19 @@ class DecoupledSplitModule(LightningModule):
         self.client_lr_scheduler = client_lr_scheduler
         self.server_lr_scheduler = server_lr_scheduler
         self.scheduler_interval = scheduler_interval
+        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
+            gradient_clip_val, gradient_clip_algorithm
+        )
+        accumulation_window(0, accumulate_grad_batches)  # checks the argument (an int >= 1)
+        if accumulate_grad_batches > 1 and num_clients > 1:
+            # Each side would accumulate its own batches: a client k of its batches, the server k client batches.
+            # Until that is defined and tested against a reference, it is refused rather than guessed.
+            raise ValueError(
+                f"Argument `accumulate_grad_batches`={accumulate_grad_batches} is supported with one client only, but"
+                f" `num_clients`={num_clients}: use accumulate_grad_batches=1 with several clients."
+            )
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.predict_aux_logits = bool(predict_aux_logits)
         self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"))
 
         if split_index is None:
@@ -194,7 +226,10 @@ class DecoupledSplitModule(LightningModule):
         unknown = sorted(set(self._aux_head_kwargs) - set(HEAD_OPTIONS))
         if unknown:
             raise ValueError(f"Unknown keys {unknown} in argument `aux_head_kwargs`: allowed are {list(HEAD_OPTIONS)}.")
-        self.aux_head: nn.Module = nn.Identity()  # replaced by `_build_aux_head` before any optimizer exists
+        # A built-in head is built by `_build_aux_head` before any optimizer exists; a user's module is the head
+        # at once (its parameters exist) and is checked against the cut activation by `_build_aux_head` as soon
+        # as the input shape is known, at the latest on the first batch.
+        self.aux_head: nn.Module = aux_head if isinstance(aux_head, nn.Module) else nn.Identity()
         self._aux_head_built = False
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         if self.input_shape is not None:
@@ -290,26 +325,67 @@ class DecoupledSplitModule(LightningModule):
             self._check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut
         if not self._aux_head_built:
             shape = getattr(datamodule, "input_shape", None)
-            if shape is None and datamodule is not None:
-                shape = tuple(next(iter(datamodule.train_dataloader()))[0].shape[1:])
-            if shape is None:
-                raise ValueError(
-                    "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
-                    " DecoupledSplitModule, or train with a data module that has an `input_shape` attribute."
-                )
-            self._build_aux_head(shape)
+            if shape is None and not isinstance(self._aux_head_spec, nn.Module):  # a user's head waits for a batch
+                shape = self._input_shape_from_loader(stage)
+            if shape is not None:
+                self._build_aux_head(shape)
+        if self._trainer is not None and stage == "fit":
+            allow_partial_backward(self.trainer)
+
+    def _input_shape_from_loader(self, stage: str) -> tuple[int, ...]:
+        """One input's shape, from one sample of the stage's loader (nothing of the epoch is consumed)."""
+        loader = stage_loader(self.trainer, stage) if self._trainer is not None else None
+        inputs = peek_inputs(loader) if loader is not None else None
+        if inputs is None:
+            raise ValueError(
+                "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
+                " DecoupledSplitModule, use a data module with an `input_shape` attribute, or a loader whose batches"
+                " are a tensor or (inputs, labels) and can be read again (not a one-shot iterator)."
+            )
+        return tuple(inputs.shape[1:])
+
+    def configure_callbacks(self) -> list[Any]:
+        """No callbacks of its own; the earliest hook of a Trainer run refuses the Trainer flags it cannot honour."""
+        refuse_trainer_flags(self.trainer)
+        return []
+
+    def _check_aux_head_on(self, batch: Any) -> None:
+        """A head passed as a module and no shape known before: check it on the first batch's inputs."""
+        if not self._aux_head_built:
+            inputs = batch_inputs(batch)
+            if inputs is not None:
+                self._build_aux_head(inputs.shape[1:])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
+
+    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
+
+    def on_test_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
+
+    def on_predict_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:  # noqa: D102
+        self._check_aux_head_on(batch)
 
     # ------------------------------------------------------------------ optimizers
     def configure_optimizers(self) -> Any:
         """The optimizers, in this fixed order (checkpoints restore them by position): client + aux head, server.
 
-        With ``num_clients = N``: one client optimizer per client (clients 0 .. N-1), then the server's.
+        With ``num_clients = N``: one client optimizer per client (clients 0 .. N-1), then the server's. The
+        parameter groups are named by side (``client``, ``aux_head``, ``server``; ``client<i>``, ``aux_head<i>``
+        with several clients), so ``LearningRateMonitor`` logs ``lr/client``, ``lr/server``, ...
         """
         optimizers = [self.client_optimizer(self._client_parameters(i)) for i in range(self.num_clients)]
         optimizers.append(self.server_optimizer(self.server.parameters()))
+        for index, optimizer in enumerate(optimizers[:-1]):
+            suffix = str(index) if self.num_clients > 1 else ""
+            _name_param_groups(optimizer, (f"client{suffix}", f"aux_head{suffix}"))
+        _name_param_groups(optimizers[-1], ("server",))
         factories = [self.client_lr_scheduler] * self.num_clients + [self.server_lr_scheduler]
+        # LearningRateMonitor logs "<name>/<param group name>": lr/client, lr/server (lr/aux_head).
         schedulers = [
-            {"scheduler": factory(optimizer), "interval": self.scheduler_interval}
+            {"scheduler": factory(optimizer), "interval": self.scheduler_interval, "name": "lr"}
             for factory, optimizer in zip(factories, optimizers, strict=True)
             if factory is not None
         ]
@@ -377,6 +453,7 @@ class DecoupledSplitModule(LightningModule):
             self._check_labels(labels)
         *client_optimizers, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
         feedback = self.feedback_weight_at(self.batches_trained)
+        window = self._accumulation_window(batch_idx)
         outs: list[StepOutput] = []
         for index, inputs, labels in batches:
             if self.client_schedule == "sequential" and index != self._active_client:
@@ -397,6 +474,9 @@ class DecoupledSplitModule(LightningModule):
                 feedback_weight=feedback,
                 phase=self._phase,
                 client_index=index,
+                zero_grad=window.zero_grad,
+                step_optimizers=window.step,
+                loss_scale=window.loss_scale,
             )
             self._samples_since_sync[index] += len(out.labels)
             self.train_acc(out.logits, out.labels)
@@ -410,7 +490,7 @@ class DecoupledSplitModule(LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=samples)
         self.log("train/aux_loss", aux_loss, prog_bar=True, batch_size=samples)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=samples)
-        if self.scheduler_interval == "step":
+        if self.scheduler_interval == "step" and window.step:
             self._step_schedulers()
         if self._trainer is not None and self.trainer.is_last_batch:
             self._end_of_client_epoch()
@@ -470,6 +550,16 @@ class DecoupledSplitModule(LightningModule):
         """Whether the clients' own halves and heads may differ from the aggregate (parallel, between rounds)."""
         return self._has_replicas and (self._pending_broadcast or any(self._samples_since_sync))
 
+    def _accumulation_window(self, batch_idx: int) -> Window:
+        """This batch's accumulation window; the epoch's last batch closes its window, as in Lightning."""
+        last = self.trainer.is_last_batch or batch_idx + 1 == self.trainer.num_training_batches
+        return accumulation_window(batch_idx, self.accumulate_grad_batches, last)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping side's gradients (after AMP's unscaling, which Lightning does before this hook)."""
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
+
     def on_train_epoch_end(self) -> None:  # noqa: D102
         if self.scheduler_interval == "epoch":
             self._step_schedulers()
@@ -508,6 +598,25 @@ class DecoupledSplitModule(LightningModule):
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
         self._evaluate(batch, "test")
 
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | dict[str, Tensor]:
+        """The split network's logits for a batch that is a tensor of inputs or ``(inputs, labels, ...)``.
+
+        With ``predict_aux_logits=True``, a dict ``{"logits": ..., "aux_logits": ...}`` (the client alone,
+        through its auxiliary head). The activations cross the cut (and are counted); labels do not.
+        """
+        inputs = batch_inputs(batch)
+        if inputs is None:
+            raise ValueError(
+                f"Expected a predict batch to be a tensor of inputs or a sequence (inputs, labels, ...), but got"
+                f" {type(batch).__name__}."
+            )
+        z = self.client(inputs)
+        no_labels = torch.empty(0, dtype=torch.long, device=z.device)  # the server needs none to predict
+        logits = self.server(self.cut.send_up(z, no_labels)[0])
+        if self.predict_aux_logits:
+            return {"logits": logits, "aux_logits": self.aux_head(z)}
+        return logits
+
     def _check_labels(self, labels: Tensor) -> None:
         if labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"Expected integer class labels, but the batch's labels have dtype {labels.dtype}.")
@@ -539,6 +648,18 @@ class DecoupledSplitModule(LightningModule):
             self._build_aux_head(state["input_shape"])
 
 
+def _name_param_groups(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> None:
+    """Name the parameter groups by side (``client``, ``aux_head``, ``server``) unless the user named them.
+
+    ``LearningRateMonitor`` appends a group's ``name`` to its key: ``lr-SGD/client`` and ``lr-SGD-1/server``
+    for optimizers without schedulers (it takes the rest from the optimizer's class), ``lr/client`` and
+    ``lr/server`` with schedulers (their config's ``name``).
+    """
+    if len(optimizer.param_groups) <= len(names):
+        for group, name in zip(optimizer.param_groups, names, strict=False):
+            group.setdefault("name", name)
+
+
 def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple[float | None, int | None]:
     """Validate the hybrid options; they are refused in the modes that would ignore them."""
     if mode != "hybrid":
@@ -557,3 +678,14 @@ def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"Expected argument `feedback_every` to be an int >= 1, but got {every!r}.")
     return float(weight), every
+
+
+def _check_clipping(value: float | None, algorithm: str) -> tuple[float | None, str]:
+    """Validate the clipping options (the Trainer's names and meaning: ``None`` or 0 is no clipping)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
+        raise ValueError(f"Expected argument `gradient_clip_val` to be a number >= 0 or None, but got {value!r}.")
+    if not isinstance(algorithm, str) or algorithm.lower() not in CLIP_ALGORITHMS:
+        raise ValueError(
+            f"Expected argument `gradient_clip_algorithm` to be one of {list(CLIP_ALGORITHMS)}, but got {algorithm!r}."
+        )
+    return (float(value) if value else None), algorithm.lower()

@@ -119,3 +119,27 @@ def test_cut_costs_at_toy_size(tmp_path: Path) -> None:
         assert c["sl"]["saved_live_bytes_after_step"] == c["dsl"]["saved_live_bytes_after_step"] == 0
         assert c["codecs"]["int8"]["bytes"] == a // 4 + 8  # one byte per element + float32 scale and offset
     assert (tmp_path / "cut_costs.png").stat().st_size > 10_000
+
+
+def test_clients_study_table_has_the_gap_and_the_model_transfers(tmp_path: Path) -> None:
+    common = {"seconds_per_epoch": 10.0, "params/aux_head": 170, "memory/saved_peak_bytes": 1000}
+    arms = {
+        "sl": (0.60, 0, 0),
+        "dsl": (0.58, 0, 0),
+        "sl_n10_dir0p1": (0.50, 2**20, 2**20),
+        "dsl_n10_dir0p1": (0.44, 2**20, 2**20),
+    }
+    for arm, (acc, sync_up, sync_down) in arms.items():
+        write_summary(
+            tmp_path,
+            f"cifar10-shallow-{arm}-s0",
+            **{"val/acc": acc, "val/aux_acc": 0.3, "comm/total_bytes_up": 2000, "comm/total_bytes_down": 0},
+            **{"comm/sync_bytes_up": sync_up, "comm/sync_bytes_down": sync_down},
+            **common,
+        )
+    paper.report(tmp_path, ["clients"])
+    text = (tmp_path / "results.md").read_text()
+    # 2 MiB of model transfers over 2 epochs: 1 MiB per epoch; dsl - sl in points, per setting
+    assert "| dsl, 10 clients parallel, Dir(0.1) | 1 | 44.00 |" in text and "| 1.0 MiB | " in text
+    assert text.count("| -6.00 |") == 1 and text.count("| -2.00 |") == 1
+    assert (tmp_path / "clients_cifar10_shallow_pairs.png").stat().st_size > 10_000

@@ -400,3 +400,29 @@ def test_validation_between_upload_and_download_sees_the_average_and_each_client
     # The aggregate after fit is the shard-weighted average of the clients' last local models.
     for name, tensor in client_state(model.client, model.aux_head).items():
         torch.testing.assert_close(tensor, seen[-1]["expected"][name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("schedule", ["parallel", "sequential"])
+def test_clients_with_plain_loaders_and_no_input_shape(schedule: str) -> None:
+    """The head is built from one sample of the first client's loader, which does not change what trains."""
+    from lightning_dsl.data import client_loaders
+
+    shards = make_shards()
+    states = []
+    for input_shape in (IN_SHAPE, None):
+        network = make_network()
+        model = make_module(network, "linear", num_clients=2, client_schedule=schedule, input_shape=input_shape)
+        shuffled = [
+            DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(i))
+            for i, (x, y) in enumerate(shards)
+        ]
+        make_trainer(max_epochs=2).fit(model, client_loaders(shuffled, schedule))
+        states.append((network, model.aux_head))
+    (net_a, head_a), (net_b, head_b) = states
+    assert_same_state(net_b, net_a, exact=True)
+    assert_same_state(head_b, head_a, exact=True)
+
+
+def test_accumulation_is_refused_with_several_clients() -> None:
+    with pytest.raises(ValueError, match="`accumulate_grad_batches`=2 is supported with one client only"):
+        make_module(make_network(), make_head(), num_clients=2, accumulate_grad_batches=2)

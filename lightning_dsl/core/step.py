@@ -14,7 +14,9 @@ This is the whole algorithm; the LightningModule only wires it to Lightning.
   client.
 
 Each optimizer gets exactly one ``zero_grad``, one backward and one ``step`` per batch, and
-the client runs one forward per batch (BatchNorm statistics move once).
+the client runs one forward per batch (BatchNorm statistics move once). With gradient
+accumulation (:mod:`lightning_dsl.core.accumulation`) the caller skips the ``zero_grad`` or the
+``step`` of the batches inside a window and scales every loss by ``loss_scale``.
 """
 
 from __future__ import annotations
@@ -101,6 +103,9 @@ def split_step(
     feedback_weight: float | None = None,
     phase: Phase = no_phase,
     client_index: int = 0,
+    zero_grad: bool = True,
+    step_optimizers: bool = True,
+    loss_scale: float = 1.0,
 ) -> StepOutput:
     """Train client, auxiliary head and server on one batch.
 
@@ -119,9 +124,26 @@ def split_step(
             server's gradient comes back down and weighs ``λ`` in the client's update.
         phase: context-manager factory wrapped around each side's work.
         client_index: which client this is (its link on the cut), when many clients share the server.
+        zero_grad: zero both optimizers' gradients first (``False`` inside an accumulation window).
+        step_optimizers: step both optimizers (``False`` until an accumulation window closes).
+        loss_scale: factor on each loss before its backward (``1 / k`` when accumulating ``k``
+            batches). The gradient sent down stays the gradient of the server's unscaled loss, so
+            what crosses the cut does not depend on the accumulation.
     """
     step = _Step(
-        client, server, aux_head, cut, client_optimizer, server_optimizer, criterion, backward, phase, client_index
+        client,
+        server,
+        aux_head,
+        cut,
+        client_optimizer,
+        server_optimizer,
+        criterion,
+        backward,
+        phase,
+        client_index,
+        zero_grad,
+        step_optimizers,
+        loss_scale,
     )
     if feedback_weight is None:
         return step.decoupled(inputs, labels)
@@ -142,30 +164,44 @@ class _Step:
     backward: Callable[[Tensor], None]
     phase: Phase
     client_index: int = 0
+    zero_grad: bool = True
+    step_optimizers: bool = True
+    loss_scale: float = 1.0
+
+    def _zero_grad(self, optimizer: Optimizer) -> None:
+        if self.zero_grad:
+            optimizer.zero_grad()
+
+    def _step(self, optimizer: Optimizer) -> None:
+        if self.step_optimizers:
+            optimizer.step()
+
+    def _scaled(self, loss: Tensor) -> Tensor:
+        return loss if self.loss_scale == 1.0 else loss * self.loss_scale
 
     def decoupled(self, inputs: Tensor, labels: Tensor) -> StepOutput:
         """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
         with self.phase("client"):
-            self.client_optimizer.zero_grad()
+            self._zero_grad(self.client_optimizer)
             z = self.client(inputs)
             aux_logits = self.aux_head(z)
             aux_loss = self.criterion(aux_logits, labels)
-            self.backward(aux_loss)  # frees the client's graph: nothing of it is alive during the server's work
-            self.client_optimizer.step()
+            self.backward(self._scaled(aux_loss))  # frees the client's graph: nothing of it is alive afterwards
+            self._step(self.client_optimizer)
             z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
             del z
         with self.phase("server"):
-            self.server_optimizer.zero_grad()
+            self._zero_grad(self.server_optimizer)
             logits = self.server(z_up)
             loss = self.criterion(logits, labels_up)
-            self.backward(loss)
-            self.server_optimizer.step()
+            self.backward(self._scaled(loss))
+            self._step(self.server_optimizer)
         return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, False)
 
     def with_feedback(self, inputs: Tensor, labels: Tensor, weight: float) -> StepOutput:
         """Server first; its gradient at the cut comes down and weighs ``weight`` in the client's update."""
         with self.phase("client"):
-            self.client_optimizer.zero_grad()
+            self._zero_grad(self.client_optimizer)
             z = self.client(inputs)
             # The head always learns from the full auxiliary gradient; only its share in the client's
             # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
@@ -173,14 +209,15 @@ class _Step:
             aux_loss = self.criterion(aux_logits, labels)
             z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
         with self.phase("server"):
-            self.server_optimizer.zero_grad()
+            self._zero_grad(self.server_optimizer)
             z_server = z_up.detach().requires_grad_()
             logits = self.server(z_server)
             loss = self.criterion(logits, labels_up)
-            self.backward(loss)
-            self.server_optimizer.step()
+            self.backward(self._scaled(loss))
+            self._step(self.server_optimizer)
             assert z_server.grad is not None
-            gradient = z_server.grad
+            # What goes down is the gradient of the server's own loss, whatever the accumulation.
+            gradient = z_server.grad if self.loss_scale == 1.0 else z_server.grad / self.loss_scale
             del z_server
         with self.phase("client"):
             gradient = self.cut.send_down(gradient, self.client_index).detach()
@@ -188,6 +225,6 @@ class _Step:
                 gradient = weight * gradient
             # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
             # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
-            self.backward(aux_loss + (z * gradient).sum())
-            self.client_optimizer.step()
+            self.backward(self._scaled(aux_loss + (z * gradient).sum()))
+            self._step(self.client_optimizer)
         return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, True)

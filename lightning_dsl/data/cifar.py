@@ -341,6 +341,10 @@ class CIFARDataModule(ClientsDataMixin, LightningDataModule):
         """Test split batches."""
         return self._loader(self._require(self.test_set), self.eval_batch_size)
 
+    def predict_dataloader(self) -> DataLoader:
+        """``trainer.predict`` runs on the test split (batches of ``(images, labels)``, in order)."""
+        return self._loader(self._require(self.test_set), self.eval_batch_size)
+
     @staticmethod
     def _require(dataset: InMemoryImageDataset | None) -> InMemoryImageDataset:
         if dataset is None:

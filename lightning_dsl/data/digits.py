@@ -141,6 +141,10 @@ class DigitsDataModule(ClientsDataMixin, LightningDataModule):
         """Test batches."""
         return self._loader(self.test_set)
 
+    def predict_dataloader(self) -> DataLoader:
+        """``trainer.predict`` runs on the test split (batches of ``(images, labels)``, in order)."""
+        return self._loader(self.test_set)
+
     def _loader(self, dataset: Dataset | None, shuffle: bool = False, seed: int | None = None) -> DataLoader:
         if dataset is None:
             raise RuntimeError("DigitsDataModule: call `setup()` before asking for a dataloader.")

@@ -400,3 +400,11 @@ def test_missing_data_stops_fit_before_training(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="download=True"):
         _trainer(tmp_path).fit(model, datamodule=CIFARDataModule(root=str(tmp_path / "none")))
     assert model.steps == 0
+
+
+def test_predict_dataloader_is_the_test_split_in_order(tv_root: Path) -> None:
+    dm = CIFARDataModule(root=str(tv_root), batch_size=16, eval_batch_size=8, num_workers=0)
+    dm.setup("predict")
+    batches = list(dm.predict_dataloader())
+    assert sum(len(x) for x, _ in batches) == len(dm.test_set) == 30
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.cat([y for _, y in dm.test_dataloader()]))

@@ -1,0 +1,97 @@
+"""What ``DecoupledSplitModule`` needs from the Trainer beyond the hooks a LightningModule gets.
+
+Three habits of Lightning users meet the module's manual optimization here:
+
+* **plain loaders** (``trainer.fit(model, loader)``): the auxiliary head is built before the
+  optimizers exist, at ``setup``, when the Trainer has not yet asked for any loader. Lightning has
+  no public accessor for the loader before its loop's ``setup_data`` (``trainer.train_dataloader``
+  is ``None`` until then, and calling ``fit_loop.setup_data()`` early would run before the
+  checkpoint is restored and create the epoch's iterator). :func:`stage_loader` therefore reads the
+  loop's ``_data_source``, the object the loop itself asks for the loader, and asks it the same way;
+  it is the only private attribute read here, and its absence (a future Lightning) falls back to
+  the "pass ``input_shape``" error.
+* **plain DDP** (``strategy="ddp"``): a step runs two backward passes over disjoint parameter
+  sets (the client's, then the server's), and DDP's reducer, by default, waits for every
+  parameter in every backward. :func:`allow_partial_backward` turns on ``find_unused_parameters``
+  for DDP strategies that left it unset (``"ddp"``, ``"ddp_spawn"``, ``DDPStrategy()``).
+* **the Trainer's clipping and accumulation flags**, which Lightning refuses under manual
+  optimization: :func:`refuse_trainer_flags` says to use the module's arguments instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import CombinedLoader
+
+_STAGE_LOOPS = {"fit": "fit_loop", "validate": "validate_loop", "test": "test_loop", "predict": "predict_loop"}
+
+
+def stage_loader(trainer: Trainer, stage: str) -> Any:
+    """The loader given to ``trainer.<stage>`` (the first, when several), or ``None``.
+
+    For ``fit`` the training loader, for the others their own; a data module's or the model's
+    ``*_dataloader()`` hook is called when that is the source (the loop calls it again later).
+    """
+    source = getattr(getattr(trainer, _STAGE_LOOPS.get(stage, ""), None), "_data_source", None)
+    if source is None or not hasattr(source, "dataloader") or not source.is_defined():
+        return None
+    loaders = source.dataloader()
+    if isinstance(loaders, (list, tuple, dict)):  # several loaders, as Lightning reads them
+        loaders = CombinedLoader(loaders)
+    if isinstance(loaders, CombinedLoader):
+        return loaders.flattened[0] if loaders.flattened else None
+    return loaders
+
+
+def allow_partial_backward(trainer: Trainer) -> None:
+    """Let DDP's reducer accept backward passes that reach only part of the parameters.
+
+    Called at ``setup``, before the strategy wraps the module. Each backward then all-reduces every
+    bucket (those of the other side are zeros and leave its gradients untouched), and DDP keeps its
+    own guarantees: identical initial parameters, BatchNorm buffers broadcast from rank 0.
+
+    Raises:
+        ValueError: if the strategy was explicitly told ``find_unused_parameters=False`` (or
+            ``static_graph=True``), with which a split step cannot run.
+    """
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy):
+        return
+    kwargs = getattr(strategy, "_ddp_kwargs", None)
+    if not isinstance(kwargs, dict):
+        return
+    if kwargs.get("find_unused_parameters") is False or kwargs.get("static_graph"):
+        given = {k: kwargs[k] for k in ("find_unused_parameters", "static_graph") if k in kwargs}
+        raise ValueError(
+            f"The DDP strategy was given {given}: a split step runs two backward passes per batch over disjoint"
+            " parameter sets (client, server), which DDP accepts only with find_unused_parameters=True and no"
+            " static graph. Use strategy='ddp' (the module turns the option on) or"
+            " DDPStrategy(find_unused_parameters=True)."
+        )
+    kwargs["find_unused_parameters"] = True
+
+
+def refuse_trainer_flags(trainer: Trainer) -> None:
+    """Refuse ``Trainer(gradient_clip_val=...)`` and ``Trainer(accumulate_grad_batches=...)``, naming the module's.
+
+    Lightning refuses both under manual optimization with a message that suggests switching to
+    automatic optimization, which this module cannot do; this runs first (from
+    ``configure_callbacks``, the earliest module hook of a Trainer run) and names the way that works.
+    """
+    clip = getattr(trainer, "gradient_clip_val", None)
+    if clip is not None and clip > 0:
+        raise ValueError(
+            f"Trainer(gradient_clip_val={clip!r}) is not available with DecoupledSplitModule (manual optimization,"
+            f" two optimizers): pass DecoupledSplitModule(..., gradient_clip_val={clip!r}) instead, and"
+            " gradient_clip_algorithm there if needed; each side is clipped before its optimizer steps."
+        )
+    accumulate = getattr(trainer, "accumulate_grad_batches", 1)
+    if accumulate != 1:
+        raise ValueError(
+            f"Trainer(accumulate_grad_batches={accumulate!r}) is not available with DecoupledSplitModule (manual"
+            f" optimization, two optimizers): pass DecoupledSplitModule(..., accumulate_grad_batches={accumulate!r})"
+            " instead."
+        )

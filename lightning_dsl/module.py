@@ -18,16 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dsl.core.accumulation import Window, accumulation_window
-from lightning_dsl.core.clients import (
-    ClientPair,
-    average,
-    broadcast,
-    check_client_args,
-    client_batches,
-    clone_pair,
-    hand_over,
-    shard_sizes,
-)
+from lightning_dsl.core.clients import ClientPair, ClientPool, client_batches, shard_sizes
 from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
@@ -163,17 +154,14 @@ class DecoupledSplitModule(LightningModule):
             raise ValueError(
                 f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}."
             )
-        check_client_args(num_clients, client_schedule, aggregate_every)
+        # The clients' own halves and heads (parallel, N > 1) and their rounds; self.client / self.aux_head are
+        # the aggregate (or the one shared half and head).
+        self.clients = ClientPool(num_clients, client_schedule, aggregate_every)
         self.mode = mode
         self.num_classes = num_classes
         self.num_clients = num_clients
         self.client_schedule = client_schedule
         self.aggregate_every = aggregate_every
-        # Parallel clients, N > 1: client i's own half and head (self.client / self.aux_head are the aggregate).
-        self.client_replicas = nn.ModuleList()
-        self._active_client = 0  # sequential: the client that holds the model now
-        self._samples_since_sync = [0] * num_clients  # parallel: samples each client trained on since FedAvg
-        self._pending_broadcast = False  # parallel: the average is made, not yet sent down to the clients
         self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
         self.client_optimizer = client_optimizer
         self.server_optimizer = server_optimizer
@@ -241,7 +229,7 @@ class DecoupledSplitModule(LightningModule):
         self.val_acc, self.val_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
         self.test_acc, self.test_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
         # Each client's own half + head on the evaluation data, while the clients differ from their average.
-        replicas = num_clients if self._has_replicas else 0
+        replicas = num_clients if self.clients.has_replicas else 0
         self.val_client_aux_acc = nn.ModuleList(MulticlassAccuracy(num_classes) for _ in range(replicas))
         self.test_client_aux_acc = nn.ModuleList(MulticlassAccuracy(num_classes) for _ in range(replicas))
 
@@ -265,23 +253,11 @@ class DecoupledSplitModule(LightningModule):
         self.input_shape = tuple(int(s) for s in input_shape)
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
         self._aux_head_built = True
-        if self._has_replicas and not len(self.client_replicas):
-            # Every client starts from the same weights, as in FedAvg.
-            for _ in range(self.num_clients):
-                client, head = clone_pair((self.client, self.aux_head))
-                self.client_replicas.append(nn.ModuleDict({"client": client, "aux_head": head}))
-
-    @property
-    def _has_replicas(self) -> bool:
-        return self.client_schedule == "parallel" and self.num_clients > 1
+        self.clients.build((self.client, self.aux_head))
 
     def client_pair(self, index: int) -> ClientPair:
         """Client ``index``'s half and auxiliary head (the shared ones with one client or the sequential schedule)."""
-        if self._has_replicas:
-            replica = self.client_replicas[index]
-            assert isinstance(replica, nn.ModuleDict)
-            return replica["client"], replica["aux_head"]
-        return self.client, self.aux_head
+        return self.clients.pair(index, (self.client, self.aux_head))
 
     def _check_codecs(self, dtype: torch.dtype) -> None:
         """Refuse a codec that cannot carry the cut's ``dtype`` (the gradient sent down has the same dtype)."""
@@ -456,10 +432,7 @@ class DecoupledSplitModule(LightningModule):
         window = self._accumulation_window(batch_idx)
         outs: list[StepOutput] = []
         for index, inputs, labels in batches:
-            if self.client_schedule == "sequential" and index != self._active_client:
-                hand_over((self.client, self.aux_head), self.cut, self._active_client, index)
-                self._active_client = index
-            client, aux_head = self.client_pair(index)
+            client, aux_head = self.clients.enter(index, (self.client, self.aux_head), self.cut)
             out = split_step(
                 client,
                 self.server,
@@ -478,7 +451,7 @@ class DecoupledSplitModule(LightningModule):
                 step_optimizers=window.step,
                 loss_scale=window.loss_scale,
             )
-            self._samples_since_sync[index] += len(out.labels)
+            self.clients.trained(index, len(out.labels))
             self.train_acc(out.logits, out.labels)
             if self.num_clients > 1:
                 self.log(f"train/aux_loss/client{index}", out.aux_loss, batch_size=len(out.labels))
@@ -493,30 +466,16 @@ class DecoupledSplitModule(LightningModule):
         if self.scheduler_interval == "step" and window.step:
             self._step_schedulers()
         if self._trainer is not None and self.trainer.is_last_batch:
-            self._end_of_client_epoch()
+            # Before validation: the clients' upload and the average, when this epoch closes a FedAvg round.
+            self.clients.end_of_epoch(self.current_epoch, (self.client, self.aux_head), self.cut, self._shard_sizes())
         return {"loss": loss, "aux_loss": aux_loss, "feedback": any(out.feedback for out in outs)}
 
     # ------------------------------------------------------------------ many clients
-    def _end_of_client_epoch(self) -> None:
-        """After the epoch's last batch, before validation: the clients' upload and the average of a round.
-
-        The average goes down to the clients at the start of the next epoch (or at the end of fit), so the
-        validation in between sees both the aggregate and each client's own model. Training is the same as
-        with an immediate copy-back: no client takes a step in between.
-        """
-        every = self.aggregate_every
-        if self._has_replicas and every and (self.current_epoch + 1) % every == 0:
-            self._average_clients()
-
     def on_train_epoch_start(self) -> None:  # noqa: D102
-        if self._pending_broadcast:
-            self._broadcast_average()
+        self.clients.start_of_epoch((self.client, self.aux_head), self.cut)  # a pending average goes down
 
     def on_train_end(self) -> None:  # noqa: D102
-        if self._has_replicas and any(self._samples_since_sync):
-            self._average_clients()  # the end of fit closes the last round, however it stopped
-        if self._pending_broadcast:
-            self._broadcast_average()
+        self.clients.finish((self.client, self.aux_head), self.cut, self._shard_sizes())
 
     def aggregate_clients(self) -> None:
         """FedAvg of the clients' halves and heads (BatchNorm statistics included), weighted by shard size.
@@ -526,29 +485,11 @@ class DecoupledSplitModule(LightningModule):
         them (N loaders over sized datasets), else the samples each client trained on since the last
         aggregation. Each client's optimizer state stays as it is.
         """
-        self._average_clients()
-        self._broadcast_average()
+        self.clients.average((self.client, self.aux_head), self.cut, self._shard_sizes())
+        self.clients.broadcast((self.client, self.aux_head), self.cut)
 
-    def _average_clients(self) -> None:
-        loaders = self.trainer.train_dataloader if self._trainer is not None else None
-        sizes = shard_sizes(loaders, self.num_clients)
-        weights = sizes if sizes is not None else self._samples_since_sync
-        if not sum(weights):
-            weights = [1] * self.num_clients
-        pairs = [self.client_pair(i) for i in range(self.num_clients)]
-        average(pairs, weights, self.cut, into=(self.client, self.aux_head))
-        self._samples_since_sync = [0] * self.num_clients
-        self._pending_broadcast = True
-
-    def _broadcast_average(self) -> None:
-        pairs = [self.client_pair(i) for i in range(self.num_clients)]
-        broadcast((self.client, self.aux_head), self.num_clients, self.cut, pairs)
-        self._pending_broadcast = False
-
-    @property
-    def clients_differ(self) -> bool:
-        """Whether the clients' own halves and heads may differ from the aggregate (parallel, between rounds)."""
-        return self._has_replicas and (self._pending_broadcast or any(self._samples_since_sync))
+    def _shard_sizes(self) -> list[int] | None:
+        return shard_sizes(self.trainer.train_dataloader if self._trainer is not None else None, self.num_clients)
 
     def _accumulation_window(self, batch_idx: int) -> Window:
         """This batch's accumulation window; the epoch's last batch closes its window, as in Lightning."""
@@ -583,7 +524,7 @@ class DecoupledSplitModule(LightningModule):
         self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
         self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
         self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
-        if self.clients_differ:
+        if self.clients.differ:
             # Between two aggregations the clients differ from their average: each one's own head, too.
             metrics = self.val_client_aux_acc if stage == "val" else self.test_client_aux_acc
             for index, metric in enumerate(metrics):
@@ -633,17 +574,13 @@ class DecoupledSplitModule(LightningModule):
         checkpoint["lightning_dsl"] = {
             "batches_trained": self.batches_trained,
             "input_shape": self.input_shape,
-            "active_client": self._active_client,
-            "samples_since_sync": list(self._samples_since_sync),
-            "pending_broadcast": self._pending_broadcast,
+            **self.clients.state(),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
         state = checkpoint.get("lightning_dsl", {})
         self.batches_trained = int(state.get("batches_trained", 0))
-        self._active_client = int(state.get("active_client", 0))
-        self._samples_since_sync = [int(n) for n in state.get("samples_since_sync", [0] * self.num_clients)]
-        self._pending_broadcast = bool(state.get("pending_broadcast", False))
+        self.clients.load_state(state)
         if not self._aux_head_built and state.get("input_shape") is not None:
             self._build_aux_head(state["input_shape"])
 

@@ -201,7 +201,7 @@ def test_parallel_clients_keep_their_own_optimizer_state() -> None:
 def test_aggregating_identical_clients_changes_nothing() -> None:
     model = make_module(make_network(), make_head(), num_clients=3)
     before = [snapshot(m) for m in (model.client, model.aux_head)]
-    model._samples_since_sync = [5, 1, 7]  # unequal weights: identical states still average to themselves
+    model.clients.samples_since_sync = [5, 1, 7]  # unequal weights: identical states still average to themselves
     model.aggregate_clients()
     for module, state in zip((model.client, model.aux_head), before, strict=True):
         for name, tensor in module.state_dict().items():
@@ -302,7 +302,7 @@ def test_sequential_matches_hand_over_reference(mode: str) -> None:
     assert_same_state(model.client, half)
     assert_same_state(model.aux_head, aux_head)
     assert_same_state(model.server, reference.server)
-    assert len(model.client_replicas) == 0
+    assert len(model.clients.replicas) == 0
 
 
 def test_sequential_hand_over_bytes() -> None:
@@ -326,7 +326,7 @@ def test_one_client_as_a_list_equals_the_plain_batches() -> None:
     make_trainer().fit(plain, DataLoader(TensorDataset(x, y), batch_size=BATCH))
     make_trainer().fit(listed, Batches([[b] for b in DataLoader(TensorDataset(x, y), batch_size=BATCH)]))
     assert_same_state(listed_net, plain_net, exact=True)
-    assert listed.cut.traffic.sync_bytes_up == 0 and len(listed.client_replicas) == 0
+    assert listed.cut.traffic.sync_bytes_up == 0 and len(listed.clients.replicas) == 0
 
 
 # ---------------------------------------------------------------------------------------------- bad input

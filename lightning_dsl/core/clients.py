@@ -158,3 +158,125 @@ def shard_sizes(loaders: Any, num_clients: int) -> list[int] | None:
         return [len(loader.dataset) for loader in loaders]
     except (AttributeError, TypeError):
         return None
+
+
+class ClientPool(nn.Module):
+    """The clients of one server: their halves and heads, who holds the model, and the FedAvg rounds.
+
+    The aggregate (or, with one client or the sequential schedule, the one shared) client half and
+    head belong to the caller, who passes them in as ``shared``; the pool holds what exists only
+    with many parallel clients: each client's own copy (:attr:`replicas`, registered as submodules
+    so they move with the model and are saved with it) and the bookkeeping of a round.
+
+    Args:
+        num_clients: number of clients.
+        schedule: ``"parallel"`` or ``"sequential"`` (see the module docstring).
+        aggregate_every: parallel: a FedAvg round closes every this many epochs; 0: only at the end.
+
+    Example::
+
+        >>> pool = ClientPool(3, "parallel", aggregate_every=1)
+        >>> shared = (nn.Linear(4, 4), nn.Linear(4, 2))
+        >>> pool.build(shared)
+        >>> len(pool.replicas), pool.pair(2, shared)[0] is shared[0]
+        (3, False)
+    """
+
+    def __init__(self, num_clients: int, schedule: str, aggregate_every: int) -> None:
+        super().__init__()
+        check_client_args(num_clients, schedule, aggregate_every)
+        self.num_clients = num_clients
+        self.schedule = schedule
+        self.aggregate_every = aggregate_every
+        self.replicas = nn.ModuleList()
+        self.active = 0  # sequential: the client that holds the model now
+        self.samples_since_sync = [0] * num_clients  # parallel: what each client trained on since the last round
+        self.pending_broadcast = False  # parallel: the average is made, not yet sent down
+
+    @property
+    def has_replicas(self) -> bool:
+        """Whether each client has its own half and head (parallel, more than one client)."""
+        return self.schedule == "parallel" and self.num_clients > 1
+
+    def build(self, shared: ClientPair) -> None:
+        """Give every client its own copy of ``shared`` (parallel, N > 1), all starting from the same weights."""
+        if self.has_replicas and not len(self.replicas):
+            for _ in range(self.num_clients):
+                client, head = clone_pair(shared)
+                self.replicas.append(nn.ModuleDict({"client": client, "aux_head": head}))
+
+    def pair(self, index: int, shared: ClientPair) -> ClientPair:
+        """Client ``index``'s half and head: its own copy, or ``shared``."""
+        if not self.has_replicas:
+            return shared
+        replica = self.replicas[index]
+        assert isinstance(replica, nn.ModuleDict)
+        return replica["client"], replica["aux_head"]
+
+    def enter(self, index: int, shared: ClientPair, cut: Cut) -> ClientPair:
+        """The pair client ``index`` trains with now; in the sequential schedule the model is handed to it first."""
+        if self.schedule == "sequential" and index != self.active:
+            hand_over(shared, cut, self.active, index)
+            self.active = index
+        return self.pair(index, shared)
+
+    def trained(self, index: int, samples: int) -> None:
+        """Record that client ``index`` trained on ``samples`` samples."""
+        self.samples_since_sync[index] += samples
+
+    @property
+    def differ(self) -> bool:
+        """Whether the clients' own halves and heads may differ from the aggregate (between two rounds)."""
+        return self.has_replicas and (self.pending_broadcast or any(self.samples_since_sync))
+
+    def end_of_epoch(self, epoch: int, shared: ClientPair, cut: Cut, sizes: Sequence[int] | None) -> None:
+        """After epoch ``epoch``'s (0-based) last batch: the upload and the average when the epoch closes a round.
+
+        The average goes down at :meth:`start_of_epoch` (or :meth:`finish`), so an evaluation in between
+        sees both the aggregate and each client's own model; no client trains in between.
+        """
+        if self.has_replicas and self.aggregate_every and (epoch + 1) % self.aggregate_every == 0:
+            self.average(shared, cut, sizes)
+
+    def start_of_epoch(self, shared: ClientPair, cut: Cut) -> None:
+        """Send a pending average down to the clients."""
+        if self.pending_broadcast:
+            self.broadcast(shared, cut)
+
+    def finish(self, shared: ClientPair, cut: Cut, sizes: Sequence[int] | None) -> None:
+        """The end of training closes the last round, however it stopped."""
+        if self.has_replicas and any(self.samples_since_sync):
+            self.average(shared, cut, sizes)
+        self.start_of_epoch(shared, cut)
+
+    def average(self, shared: ClientPair, cut: Cut, sizes: Sequence[int] | None) -> None:
+        """The clients' halves and heads go up and their FedAvg becomes ``shared``.
+
+        Weighted by ``sizes`` (the shard sizes) when given, else by the samples each client trained on
+        since the last round (equal weights when none did).
+        """
+        weights = list(sizes) if sizes is not None else list(self.samples_since_sync)
+        if not sum(weights):
+            weights = [1] * self.num_clients
+        average([self.pair(i, shared) for i in range(self.num_clients)], weights, cut, into=shared)
+        self.samples_since_sync = [0] * self.num_clients
+        self.pending_broadcast = True
+
+    def broadcast(self, shared: ClientPair, cut: Cut) -> None:
+        """``shared`` (the average) goes down to every client."""
+        broadcast(shared, self.num_clients, cut, [self.pair(i, shared) for i in range(self.num_clients)])
+        self.pending_broadcast = False
+
+    def state(self) -> dict[str, Any]:
+        """The bookkeeping to save in a checkpoint (the replicas are in the module's state dict)."""
+        return {
+            "active_client": self.active,
+            "samples_since_sync": list(self.samples_since_sync),
+            "pending_broadcast": self.pending_broadcast,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` saved (absent keys keep their start values)."""
+        self.active = int(state.get("active_client", 0))
+        self.samples_since_sync = [int(n) for n in state.get("samples_since_sync", [0] * self.num_clients)]
+        self.pending_broadcast = bool(state.get("pending_broadcast", False))

@@ -323,14 +323,17 @@ class Transport:
             if sender.error is not None and not sender.reported:
                 problems.append(f"sending to {peer_name(peer)} failed: {sender.error}")
             elif sender.thread.is_alive():
-                problems.append(f"{len(sender.queue)} messages to {peer_name(peer)} were not received by it")
+                problems.append(
+                    f"{len(sender.queue)} messages to {peer_name(peer)} were not received"
+                    f" within {deadline.seconds:.1f} s"
+                )
         for peer, thread in zip(self.peers, self._listeners, strict=True):
             thread.join(max(0.0, deadline.remaining()))
             box = self._inbox[peer]
             if box.error is not None and not box.reported:
                 problems.append(f"receiving from {peer_name(peer)} failed: {box.error}")
             elif thread.is_alive() and box.error is None:
-                problems.append(f"{peer_name(peer)} did not close its side")
+                problems.append(f"{peer_name(peer)} did not close its side within {deadline.seconds:.1f} s")
             if box.discarded:
                 warnings.warn(
                     f"{self.name} dropped {box.discarded} messages from {peer_name(peer)} that were never received",
@@ -338,9 +341,7 @@ class Transport:
                 )
         self._closed = True
         if problems:
-            raise TransportError(
-                f"{self.name} could not close cleanly within {deadline.seconds:.1f} s: " + "; ".join(problems)
-            )
+            raise TransportError(f"{self.name} could not close cleanly: " + "; ".join(problems))
 
     # -- receiving ------------------------------------------------------------------------------
 

@@ -114,11 +114,20 @@ def test_dead_peer_raises_naming_it(tmp_path: Path) -> None:
 
 
 def test_silent_peer_times_out_naming_it_and_the_seconds(tmp_path: Path) -> None:
-    server = world("silent", 2, tmp_path)[0]
+    server, client = world("silent", 2, tmp_path).values()
     error = server["recv"]
     assert error["type"] == "TransportTimeout" and 0.95 < error["elapsed"] < 2
     assert error["text"] == "server (rank 0) waited 1.0 s for a GRADIENT message from client 0 (rank 1); none arrived"
     assert server["later"] == 7  # unlike a gloo timeout, this one leaves the pair usable
+    # a peer that does not close: close gives up after its timeout and says why; so does the late one
+    assert server["close"]["type"] == "TransportError" and server["close"]["elapsed"] < 1.5
+    assert server["close"]["text"] == (
+        "server (rank 0) could not close cleanly: client 0 (rank 1) did not close its side within 0.5 s"
+    )
+    assert client["close"]["type"] == "TransportError" and client["close"]["elapsed"] < 5
+    assert client["close"]["text"].startswith(
+        "client 0 (rank 1) could not close cleanly: sending to server (rank 0) failed"
+    )
 
 
 @pytest.mark.parametrize(

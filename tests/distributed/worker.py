@@ -236,16 +236,22 @@ def dead(rank: int) -> dict[str, Any]:
 
 
 def silent(rank: int) -> dict[str, Any]:
-    """World of 2: the client stays silent for 2 s; the server's recv times out, and the pair still works."""
+    """World of 2: the client stays silent for 2 s; the server's recv times out, and the pair still works.
+
+    Then the client does not close: the server's close gives up after its timeout, and the client's
+    later close finds the server gone; neither hangs.
+    """
     transport = Transport(timeout=TIMEOUT)
     out: dict[str, Any] = {}
     if rank == SERVER:
         out["recv"] = error_text(lambda: transport.recv(1, timeout=1.0, expect=Kind.GRADIENT))
         out["later"] = transport.recv(1).step
+        out["close"] = error_text(lambda: transport.close(timeout=0.5))
     else:
         time.sleep(2.0)
         transport.send(Message(Kind.GRADIENT, step=7), SERVER)
-    transport.close()
+        time.sleep(2.0)
+        out["close"] = error_text(transport.close)
     return out
 
 

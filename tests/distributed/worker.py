@@ -268,6 +268,12 @@ def main() -> None:
     finally:
         dist.destroy_process_group()
     (out_dir / f"rank{rank}.json").write_text(json.dumps(result))
+    # A listener thread may still be blocked in gloo's receive from a peer that never closed (the silent
+    # scenario): the interpreter's normal exit then aborts in C++ ("terminate called without an active
+    # exception"). The results are written; leave at once, as a process whose peer vanished must.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -426,3 +426,15 @@ def test_clients_with_plain_loaders_and_no_input_shape(schedule: str) -> None:
 def test_accumulation_is_refused_with_several_clients() -> None:
     with pytest.raises(ValueError, match="`accumulate_grad_batches`=2 is supported with one client only"):
         make_module(make_network(), make_head(), num_clients=2, accumulate_grad_batches=2)
+
+
+def test_evaluate_clients_false_evaluates_the_aggregate_only() -> None:
+    shards = make_shards()
+    model = make_module(make_network(), make_head(), num_clients=2, aggregate_every=0, evaluate_clients=False)
+    val = DataLoader(TensorDataset(*shards[0]), batch_size=BATCH)
+    trainer = make_trainer(max_epochs=1, limit_val_batches=None)
+    trainer.fit(model, parallel_loader(shards), val)
+    assert "val/aux_acc" in trainer.callback_metrics
+    assert not any("client" in key for key in trainer.callback_metrics if key.startswith("val/"))
+    with pytest.raises(ValueError, match="`evaluate_clients`"):
+        make_module(make_network(), make_head(), num_clients=2, evaluate_clients="yes")

@@ -5,8 +5,8 @@ Two schedules (``client_schedule``):
 * ``"parallel"`` (SplitFed, Thapa et al. 2022): every client has its own client half, auxiliary
   head and optimizer state. A training batch holds one batch per client; each client takes its
   step on its own batch, and the one server takes one step per client batch, in client order.
-  Every few epochs the clients' halves and heads are averaged (:func:`aggregate`, FedAvg weighted
-  by shard size) and the average is copied back to every client.
+  Every few epochs the clients' halves and heads go up and are averaged (:func:`average`, FedAvg
+  weighted by shard size), and the average goes back down to every client (:func:`broadcast`).
 * ``"sequential"`` (vanilla split learning, Gupta & Raskar 2018): one client half and head,
   handed from client to client (:func:`hand_over`); client ``i`` trains on its whole shard before
   client ``i + 1`` gets the model.
@@ -104,27 +104,14 @@ def _is_pair(entry: Any) -> bool:
     return isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[0], Tensor)
 
 
-def aggregate(clients: Sequence[ClientPair], weights: Sequence[float], cut: Cut, into: ClientPair) -> None:
-    """FedAvg: every client sends its half and head up, the server averages them and sends the average down.
-
-    Args:
-        clients: each client's half and head, in client order (client ``i`` uses link ``i`` of the cut).
-        weights: one weight per client (its shard size).
-        cut: the seam the states cross, counted as sync traffic.
-        into: the aggregated half and head (the model that is evaluated), set to the average too.
-    """
-    average(clients, weights, cut, into)
-    broadcast(into, len(clients), cut, clients)
-
-
 def average(clients: Sequence[ClientPair], weights: Sequence[float], cut: Cut, into: ClientPair) -> None:
-    """The first half of :func:`aggregate`: the clients' states go up and their average is loaded into ``into``."""
+    """FedAvg's first half: the clients' states go up and their weighted average is loaded into ``into``."""
     states = [cut.send_state_up(client_state(*pair), client=i) for i, pair in enumerate(clients)]
     load_client_state(*into, fedavg(states, weights))
 
 
 def broadcast(source: ClientPair, num_clients: int, cut: Cut, clients: Sequence[ClientPair]) -> None:
-    """The second half of :func:`aggregate`: ``source`` (the average) goes down to every client."""
+    """FedAvg's second half: ``source`` (the average) goes down to every client."""
     state = client_state(*source)
     for i in range(num_clients):
         load_client_state(*clients[i], cut.send_state_down(state, client=i))

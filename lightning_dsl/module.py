@@ -167,9 +167,6 @@ class DecoupledSplitModule(LightningModule):
         self.evaluate_clients = evaluate_clients
         self.mode = mode
         self.num_classes = num_classes
-        self.num_clients = num_clients
-        self.client_schedule = client_schedule
-        self.aggregate_every = aggregate_every
         self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
         self.client_optimizer = client_optimizer
         self.server_optimizer = server_optimizer
@@ -262,6 +259,21 @@ class DecoupledSplitModule(LightningModule):
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
         self._aux_head_built = True
         self.clients.build((self.client, self.aux_head))
+
+    @property
+    def num_clients(self) -> int:
+        """Number of clients sharing the server (the pool's)."""
+        return self.clients.num_clients
+
+    @property
+    def client_schedule(self) -> str:
+        """``"parallel"`` or ``"sequential"`` (the pool's; the package's data modules read it)."""
+        return self.clients.schedule
+
+    @property
+    def aggregate_every(self) -> int:
+        """Parallel: a FedAvg round closes every this many epochs (the pool's)."""
+        return self.clients.aggregate_every
 
     def client_pair(self, index: int) -> ClientPair:
         """Client ``index``'s half and auxiliary head (the shared ones with one client or the sequential schedule)."""

@@ -32,6 +32,7 @@ from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.core.accumulation import Window, accumulation_window
 from lightning_dsl.core.peek import peek_inputs
 from lightning_dsl.trainer_glue import allow_partial_backward
+from tests.test_bad_input import make_trainer
 
 REPO = Path(__file__).resolve().parents[1]
 IN_SHAPE = (3, 4, 4)
@@ -74,21 +75,6 @@ def make_module(network: nn.Module, head: nn.Module | str = "linear", **kwargs: 
     kwargs.setdefault("client_optimizer", sgd)
     kwargs.setdefault("server_optimizer", sgd)
     return DecoupledSplitModule(network, split_index=SPLIT, num_classes=NUM_CLASSES, aux_head=head, **kwargs)
-
-
-def make_trainer(**kwargs: Any) -> Trainer:
-    options: dict[str, Any] = {
-        "max_epochs": 1,
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "num_sanity_val_steps": 0,
-    }
-    options.update(kwargs)
-    return Trainer(**options)
 
 
 def loader(x: Tensor, y: Tensor | None = None, batch_size: int = 8, **kwargs: Any) -> DataLoader:

@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
+from lightning_dsl.core.clients import client_entries
+
 PREFIX = "throughput/"
 
 
@@ -23,10 +25,10 @@ def default_batch_size(batch: Any) -> int:
         return int(batch.shape[0])
     if isinstance(batch, dict):
         batch = list(batch.values())
+    entries = client_entries(batch)
+    if entries is not None:
+        return sum(default_batch_size(entry) for entry in entries)
     if isinstance(batch, (list, tuple)) and batch:
-        entries = [entry for entry in batch if entry is not None]
-        if entries and not isinstance(batch[0], Tensor) and all(isinstance(e, (list, tuple)) for e in entries):
-            return sum(default_batch_size(entry) for entry in entries)
         return default_batch_size(batch[0])
     raise ValueError(
         f"Cannot tell the batch size of a batch of type {type(batch).__name__}: pass `batch_size_fn` to the callback."

@@ -100,6 +100,27 @@ def client_batches(batch: Any, num_clients: int, schedule: str) -> list[tuple[in
     return found_batches
 
 
+def client_entries(batch: Any) -> list[Any] | None:
+    """The present entries of a batch of many clients (``None`` entries dropped), or ``None`` for any other batch.
+
+    A batch of many clients is a sequence whose first element is not a tensor and whose entries are
+    ``None`` or sequences ``(inputs, labels, ...)``: what :func:`client_batches` takes.
+
+    Example::
+
+        >>> import torch
+        >>> x = torch.zeros(2, 3)
+        >>> len(client_entries([None, (x, x), (x, x)])), client_entries((x, x))
+        (2, None)
+    """
+    if not isinstance(batch, (list, tuple)) or not batch or isinstance(batch[0], Tensor):
+        return None
+    entries = [entry for entry in batch if entry is not None]
+    if entries and all(isinstance(entry, (list, tuple)) for entry in entries):
+        return entries
+    return None
+
+
 def _is_pair(entry: Any) -> bool:
     return isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[0], Tensor)
 

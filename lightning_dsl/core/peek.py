@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_dsl.core.clients import client_entries
+
 try:  # NumPy is optional for torch; random transforms may draw from it
     import numpy as np
 except ImportError:  # pragma: no cover
@@ -35,11 +37,8 @@ def batch_inputs(batch: Any) -> Tensor | None:
         return batch
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
         return batch[0]
-    if isinstance(batch, (list, tuple)):
-        entries = [entry for entry in batch if entry is not None]
-        if entries and all(isinstance(e, (list, tuple)) for e in entries):
-            return batch_inputs(entries[0])
-    return None
+    entries = client_entries(batch)
+    return batch_inputs(entries[0]) if entries else None
 
 
 def peek_inputs(loader: Iterable[Any]) -> Tensor | None:

@@ -20,11 +20,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_dsl.core.accumulation import Window, accumulation_window
 from lightning_dsl.core.clients import ClientPair, ClientPool, client_batches, shard_sizes
 from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
-from lightning_dsl.core.cut import Cut
+from lightning_dsl.core.cut import Arrival, Arrivals, Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
 from lightning_dsl.core.peek import batch_inputs, peek_inputs
 from lightning_dsl.core.split import split_network
 from lightning_dsl.core.step import StepOutput, split_step
+from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
 from lightning_dsl.trainer_glue import allow_partial_backward, refuse_trainer_flags, stage_loader
 
 MODES = ("dsl", "sl", "hybrid")
@@ -321,7 +322,8 @@ class DecoupledSplitModule(LightningModule):
             self._check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut
         if not self._aux_head_built:
             shape = getattr(datamodule, "input_shape", None)
-            if shape is None and not isinstance(self._aux_head_spec, nn.Module):  # a user's head waits for a batch
+            # A user's head waits for a batch; a server in its own process has no data (a client tells it the shape).
+            if shape is None and not isinstance(self._aux_head_spec, nn.Module) and "client" in self.cut.sides:
                 shape = self._input_shape_from_loader(stage)
             if shape is not None:
                 self._build_aux_head(shape)
@@ -444,14 +446,10 @@ class DecoupledSplitModule(LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         """One split step per client batch, in client order (see :func:`lightning_dsl.core.step.split_step`)."""
-        batches = client_batches(batch, self.num_clients, self.client_schedule)
-        for _, _, labels in batches:  # every client's labels, before any parameter changes
-            self._check_labels(labels)
         *client_optimizers, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
-        feedback = self.feedback_weight_at(self.batches_trained)
         window = self._accumulation_window(batch_idx)
         outs: list[StepOutput] = []
-        for index, inputs, labels in batches:
+        for index, inputs, labels, feedback in self._step_entries(batch):
             client, aux_head = self.clients.enter(index, (self.client, self.aux_head), self.cut)
             out = split_step(
                 client,
@@ -460,7 +458,7 @@ class DecoupledSplitModule(LightningModule):
                 inputs,
                 labels,
                 cut=self.cut,
-                client_optimizer=client_optimizers[index],
+                client_optimizer=client_optimizers[min(index, len(client_optimizers) - 1)],
                 server_optimizer=server_optimizer,
                 criterion=self.criterion,
                 backward=self.manual_backward,
@@ -472,23 +470,45 @@ class DecoupledSplitModule(LightningModule):
                 loss_scale=window.loss_scale,
             )
             self.clients.trained(index, len(out.labels))
-            self.train_acc(out.logits, out.labels)
-            if self.num_clients > 1:
+            if out.logits is not None:
+                self.train_acc(out.logits, out.labels)
+            if self.num_clients > 1 and out.aux_loss is not None:
                 self.log(f"train/aux_loss/client{index}", out.aux_loss, batch_size=len(out.labels))
             outs.append(out)
         self.batches_trained += 1
         samples = sum(len(out.labels) for out in outs)
-        loss = torch.stack([out.loss for out in outs]).mean()
-        aux_loss = torch.stack([out.aux_loss for out in outs]).mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=samples)
-        self.log("train/aux_loss", aux_loss, prog_bar=True, batch_size=samples)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=samples)
+        logged = {}
+        for name in ("loss", "aux_loss"):  # a process that runs one side has only that side's loss
+            values = [getattr(out, name) for out in outs if getattr(out, name) is not None]
+            if values:
+                logged[name] = torch.stack(values).mean()
+                self.log(f"train/{name}", logged[name], prog_bar=True, batch_size=samples)
+        if "server" in self.cut.sides:
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=samples)
         if self.scheduler_interval == "step" and window.step:
             self._step_schedulers()
         if self._trainer is not None and self.trainer.is_last_batch:
             # Before validation: the clients' upload and the average, when this epoch closes a FedAvg round.
             self.clients.end_of_epoch(self.current_epoch, (self.client, self.aux_head), self.cut, self._shard_sizes())
-        return {"loss": loss, "aux_loss": aux_loss, "feedback": any(out.feedback for out in outs)}
+        loss = logged.get("loss", logged.get("aux_loss"))
+        return {**logged, "loss": loss, "feedback": any(out.feedback for out in outs)}
+
+    def _step_entries(self, batch: Any) -> Iterator[tuple[int, Tensor | None, Tensor | None, float | None]]:
+        """``(client, inputs, labels, feedback weight)`` per client batch of a training step.
+
+        On a server whose clients are other processes the batch is :class:`~lightning_dsl.core.cut.Arrivals`:
+        each client batch is received when it is reached, and it says whether its client waits for a gradient.
+        """
+        if isinstance(batch, Arrivals):
+            for arrival in batch:
+                yield arrival.client, None, None, 1.0 if arrival.reply else None
+            return
+        batches = client_batches(batch, self.num_clients, self.client_schedule)
+        for _, _, labels in batches:  # every client's labels, before any parameter changes
+            self._check_labels(labels)
+        feedback = self.feedback_weight_at(self.batches_trained)
+        for index, inputs, labels in batches:
+            yield index, inputs, labels, feedback
 
     # ------------------------------------------------------------------ many clients
     def on_train_epoch_start(self) -> None:  # noqa: D102
@@ -529,34 +549,44 @@ class DecoupledSplitModule(LightningModule):
         """The loss of both sides (cross-entropy). Override for another task."""
         return nn.functional.cross_entropy(logits, labels)
 
-    def _evaluate(self, batch: Sequence[Tensor], stage: str) -> None:
-        """Evaluate the (aggregated) split network and the client + head alone on a global batch."""
-        inputs, labels = batch[0], batch[1]
-        self._check_labels(labels)
-        z = self.client(inputs)
-        aux_logits = self.aux_head(z)
-        z_up, labels_up = self.cut.send_up(z, labels)  # evaluation traffic crosses the cut too
-        logits = self.server(z_up)
-        acc, aux_acc = (self.val_acc, self.val_aux_acc) if stage == "val" else (self.test_acc, self.test_aux_acc)
-        acc(logits, labels_up)
-        aux_acc(aux_logits, labels)
-        self.log(f"{stage}/loss", self.criterion(logits, labels_up), prog_bar=stage == "val")
-        self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
-        self.log(f"{stage}/acc", acc, prog_bar=stage == "val")
-        self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
-        if self.evaluate_clients and self.clients.differ:
-            # Between two aggregations the clients differ from their average: each one's own head, too.
-            metrics = self.val_client_aux_acc if stage == "val" else self.test_client_aux_acc
-            for index, metric in enumerate(metrics):
-                assert isinstance(metric, MulticlassAccuracy)
-                client, aux_head = self.client_pair(index)
-                metric(aux_head(client(inputs)), labels)
-                self.log(f"{stage}/aux_acc/client{index}", metric)
+    def _evaluate(self, batch: Sequence[Tensor] | Arrival, stage: str) -> None:
+        """Evaluate the (aggregated) split network and the client + head alone on a global batch.
 
-    def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
+        Across processes each side evaluates its part: a client its head alone (``aux_*``), sending its
+        activations up if it is the evaluating client; the server the split network on what arrives.
+        """
+        acc, aux_acc = (self.val_acc, self.val_aux_acc) if stage == "val" else (self.test_acc, self.test_aux_acc)
+        if isinstance(batch, Arrival):
+            z_up, labels_up = self.cut.receive_up(batch.client)
+        else:
+            inputs, labels = batch[0], batch[1]
+            self._check_labels(labels)
+            z = self.client(inputs)
+            aux_logits = self.aux_head(z)
+            aux_acc(aux_logits, labels)
+            self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
+            self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
+            if self.cut.sends_evaluation:
+                z_up, labels_up = self.cut.send_up(z, labels)  # evaluation traffic crosses the cut too
+            if self.evaluate_clients and self.clients.differ:
+                # Between two aggregations the clients differ from their average: each one's own head, too.
+                metrics = self.val_client_aux_acc if stage == "val" else self.test_client_aux_acc
+                for index, metric in enumerate(metrics):
+                    assert isinstance(metric, MulticlassAccuracy)
+                    client, aux_head = self.client_pair(index)
+                    metric(aux_head(client(inputs)), labels)
+                    self.log(f"{stage}/aux_acc/client{index}", metric)
+        if "server" in self.cut.sides:
+            logits = self.server(z_up)
+            acc(logits, labels_up)
+            size = len(labels_up)
+            self.log(f"{stage}/loss", self.criterion(logits, labels_up), prog_bar=stage == "val", batch_size=size)
+            self.log(f"{stage}/acc", acc, prog_bar=stage == "val", batch_size=size)
+
+    def validation_step(self, batch: Sequence[Tensor] | Arrival, batch_idx: int) -> None:  # noqa: D102
         self._evaluate(batch, "val")
 
-    def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:  # noqa: D102
+    def test_step(self, batch: Sequence[Tensor] | Arrival, batch_idx: int) -> None:  # noqa: D102
         self._evaluate(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | dict[str, Tensor]:

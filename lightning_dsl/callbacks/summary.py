@@ -102,6 +102,9 @@ class RunSummary(Callback):
             contribute = getattr(callback, "summary", None)
             if callback is not self and callable(contribute):
                 figures.update(contribute())
+        contribute = getattr(trainer.strategy, "summary", None)  # strategy="split": the role, the wire's bytes
+        if callable(contribute):
+            figures.update(contribute())
         return figures
 
     @property

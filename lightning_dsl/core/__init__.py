@@ -10,7 +10,7 @@ from lightning_dsl.core.codecs import (
     check_codec_dtype,
     get_codec,
 )
-from lightning_dsl.core.cut import Cut, Traffic
+from lightning_dsl.core.cut import Cut, Parcel, Traffic
 from lightning_dsl.core.heads import build_aux_head, check_aux_head
 from lightning_dsl.core.split import Cuttable, SplitNetwork, cut_units, named_cuts, resolve_split_index, split_network
 from lightning_dsl.core.step import StepOutput, scale_grad, split_step
@@ -22,6 +22,7 @@ __all__ = [
     "Cuttable",
     "IdentityCodec",
     "Int8Codec",
+    "Parcel",
     "Payload",
     "SplitNetwork",
     "StepOutput",

@@ -157,9 +157,11 @@ def shard_sizes(loaders: Any, num_clients: int) -> list[int] | None:
 
     ``loaders`` is what ``trainer.train_dataloader`` holds: a sequence of one loader per client (or an
     object with such a ``loaders`` attribute, as :class:`~lightning_dsl.data.SequentialClients`), each with
-    a sized ``dataset``.
+    a sized ``dataset``; with one client, its loader.
     """
     loaders = getattr(loaders, "loaders", loaders)
+    if num_clients == 1 and hasattr(loaders, "dataset"):  # one client's own loader
+        loaders = [loaders]
     if not isinstance(loaders, (list, tuple)) or len(loaders) != num_clients:
         return None
     try:

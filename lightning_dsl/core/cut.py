@@ -12,11 +12,17 @@ client (``client=i``), and the traffic is counted per client as well as in total
 that clients hand over (FedAvg's uploads and downloads, the sequential hand-over) cross the
 same seam through :meth:`Cut.send_state_up` and :meth:`Cut.send_state_down`, counted apart as
 *sync* traffic.
+
+When client and server are separate processes, each holds a ``Cut`` for its own side only
+(:attr:`Cut.sides`): the client sends what the server receives with :meth:`Cut.receive_up`, the
+server sends what the client receives with :meth:`Cut.receive_down` and
+:meth:`Cut.receive_state_down` (and the other way round for states). Both sides count the same
+bytes. Everything that crosses is one :class:`Parcel` handed to :meth:`Cut.transmit`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 
 from torch import Tensor
@@ -50,6 +56,61 @@ class Traffic:
         return Traffic(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
 
 
+BOTH_SIDES = frozenset({"client", "server"})
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """On a server whose clients run in other processes: client ``client``'s batch is at the cut.
+
+    What the server's step gets in place of ``(inputs, labels)``; :meth:`Cut.receive_up` takes the
+    batch itself. ``reply``: the client waits for this batch's gradient.
+    """
+
+    client: int
+    reply: bool = False
+
+
+class Arrivals:
+    """A server's training batch across processes: the clients' batches of one step, taken as they are reached.
+
+    Iterating receives them one by one (in client order, or as they arrive), so the server computes on
+    one while the next is still on its way.
+    """
+
+    def __init__(self, arrivals: Iterator[Arrival]) -> None:
+        self._arrivals = arrivals
+
+    def __iter__(self) -> Iterator[Arrival]:
+        return self._arrivals
+PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
+
+
+@dataclass(frozen=True)
+class Parcel:
+    """One crossing of the cut: what a message between the two sides carries.
+
+    Args:
+        kind: ``"batch"`` (activations and labels, up), ``"gradient"`` (down), ``"state_up"`` or
+            ``"state_down"`` (a model's state dict, with ``keys``).
+        payloads: the encoded tensors.
+        keys: a name per payload (a state dict's keys), or empty.
+        reply: ``"batch"`` only: the client waits for the gradient of this batch (sl, hybrid feedback).
+        weight: ``"state_up"`` only: the sender's weight in an average (its shard size).
+    """
+
+    kind: str
+    payloads: tuple[Payload, ...] = ()
+    keys: tuple[str, ...] = ()
+    reply: bool = False
+    weight: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every payload, at their real dtype and size."""
+        return sum(p.nbytes for p in self.payloads)
+
+
 @dataclass
 class Cut:
     """What crosses between client and server, encoded and counted.
@@ -81,37 +142,81 @@ class Cut:
         self.codec = get_codec(self.codec, "codec")
         self.grad_codec = get_codec(self.grad_codec, "grad_codec")
 
-    def send_up(self, activations: Tensor, labels: Tensor, client: int = 0) -> tuple[Tensor, Tensor]:
-        """Client to server: the cut activations (detached from the client's graph) and the labels."""
+    @property
+    def sides(self) -> frozenset[str]:
+        """The sides this process runs: both in one process; ``{"client"}`` or ``{"server"}`` across processes."""
+        return BOTH_SIDES
+
+    @property
+    def sends_evaluation(self) -> bool:
+        """Whether this side's evaluation batches go up to a server (one client of many does so across processes)."""
+        return True
+
+    # ------------------------------------------------------------------ up: activations and labels
+    def send_up(
+        self, activations: Tensor, labels: Tensor, client: int = 0, reply: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """Client to server: the cut activations (detached from the client's graph) and the labels.
+
+        ``reply``: the client will wait for this batch's gradient (:meth:`receive_down`). Returns what
+        the server receives.
+        """
         assert isinstance(self.codec, Codec)
         payload = self.codec.encode(activations.detach())
         label_payload = Payload((labels,), labels.dtype, labels.shape)
-        self._count(client, bytes_up=payload.nbytes + label_payload.nbytes, messages_up=1)
-        payload, label_payload = self.transmit(payload, client), self.transmit(label_payload, client)
+        parcel = self.transmit(Parcel("batch", (payload, label_payload), reply=reply), client)
+        return self._arrived_up(parcel, client)
+
+    def receive_up(self, client: int = 0) -> tuple[Tensor, Tensor]:
+        """Server of a client in another process: the activations and labels that client sent up."""
+        return self._arrived_up(self.transmit(Parcel("batch"), client), client)
+
+    def _arrived_up(self, parcel: Parcel, client: int) -> tuple[Tensor, Tensor]:
+        assert isinstance(self.codec, Codec)
+        self._count(client, bytes_up=parcel.nbytes, messages_up=1)
+        payload, label_payload = parcel.payloads
         return self.codec.decode(payload), label_payload.tensors[0]
 
+    # ------------------------------------------------------------------ down: the gradient at the cut
     def send_down(self, gradient: Tensor, client: int = 0) -> Tensor:
         """Server to client: the gradient of the server loss with respect to the cut activations."""
         assert isinstance(self.grad_codec, Codec)
-        payload = self.grad_codec.encode(gradient)
-        self._count(client, bytes_down=payload.nbytes, messages_down=1)
-        return self.grad_codec.decode(self.transmit(payload, client))
+        return self._arrived_down(self.transmit(Parcel("gradient", (self.grad_codec.encode(gradient),)), client), client)
 
-    def send_state_up(self, state: Mapping[str, Tensor], client: int = 0) -> dict[str, Tensor]:
-        """Client to server: a model's state (a client half and its head), uncompressed, counted as sync traffic."""
-        return self._send_state(state, client, "up")
+    def receive_down(self, client: int = 0) -> Tensor:
+        """Client of a server in another process: the gradient the server sent down for the last batch."""
+        return self._arrived_down(self.transmit(Parcel("gradient"), client), client)
+
+    def _arrived_down(self, parcel: Parcel, client: int) -> Tensor:
+        assert isinstance(self.grad_codec, Codec)
+        self._count(client, bytes_down=parcel.nbytes, messages_down=1)
+        return self.grad_codec.decode(parcel.payloads[0])
+
+    # ------------------------------------------------------------------ models handed over (sync traffic)
+    def send_state_up(self, state: Mapping[str, Tensor], client: int = 0, weight: int = 0) -> dict[str, Tensor]:
+        """Client to server: a model's state (a client half and its head), uncompressed, counted as sync traffic.
+
+        ``weight``: the client's weight in the server's average (its shard size), carried along.
+        """
+        return self._arrived_state(self.transmit(_state_parcel("state_up", state, weight), client), client)
 
     def send_state_down(self, state: Mapping[str, Tensor], client: int = 0) -> dict[str, Tensor]:
         """Server to client: a model's state (the average, or the next client's hand-over), counted as sync traffic."""
-        return self._send_state(state, client, "down")
+        return self._arrived_state(self.transmit(_state_parcel("state_down", state), client), client)
 
-    def _send_state(self, state: Mapping[str, Tensor], client: int, direction: str) -> dict[str, Tensor]:
-        arrived = {}
-        for key, tensor in state.items():
-            payload = Payload((tensor.detach(),), tensor.dtype, tensor.shape)
-            self._count(client, **{f"sync_bytes_{direction}": payload.nbytes})
-            arrived[key] = self.transmit(payload, client).tensors[0]
-        return arrived
+    def receive_state_up(self, client: int = 0) -> tuple[dict[str, Tensor], int]:
+        """Server of a client in another process: the state that client sent up, and its weight."""
+        parcel = self.transmit(Parcel("state_up"), client)
+        return self._arrived_state(parcel, client), parcel.weight
+
+    def receive_state_down(self, client: int = 0) -> dict[str, Tensor]:
+        """Client of a server in another process: the state the server sent down."""
+        return self._arrived_state(self.transmit(Parcel("state_down"), client), client)
+
+    def _arrived_state(self, parcel: Parcel, client: int) -> dict[str, Tensor]:
+        direction = parcel.kind.removeprefix("state_")
+        self._count(client, **{f"sync_bytes_{direction}": parcel.nbytes})
+        return {key: payload.tensors[0] for key, payload in zip(parcel.keys, parcel.payloads, strict=True)}
 
     def _count(self, client: int, **amounts: int) -> None:
         link = self.client_traffic.setdefault(client, Traffic())
@@ -119,6 +224,16 @@ class Cut:
             setattr(self.traffic, name, getattr(self.traffic, name) + amount)
             setattr(link, name, getattr(link, name) + amount)
 
-    def transmit(self, payload: Payload, client: int = 0) -> Payload:
-        """Deliver a payload between the server and ``client``. In-process: nothing to do; transports override it."""
-        return payload
+    def transmit(self, parcel: Parcel, client: int = 0) -> Parcel:
+        """Deliver ``parcel`` between the server and ``client`` and return what arrives.
+
+        In one process the parcel arrives as it is. A transport between processes overrides this one
+        method: the sending side sends ``parcel`` (and returns it); the receiving side gets an empty
+        parcel of the kind it waits for and returns the one that arrived.
+        """
+        return parcel
+
+
+def _state_parcel(kind: str, state: Mapping[str, Tensor], weight: int = 0) -> Parcel:
+    payloads = tuple(Payload((t.detach(),), t.dtype, t.shape) for t in state.values())
+    return Parcel(kind, payloads, tuple(state), weight=weight)

@@ -6,6 +6,10 @@ This is the whole algorithm; the LightningModule only wires it to Lightning.
   auxiliary loss alone and finishes its backward and step *before* the server runs, so the
   client's graph is freed before the server's forward. The server trains on the received
   activations. Nothing comes back down.
+* **One side per process**: when ``cut.sides`` is only ``{"client"}`` or ``{"server"}`` (client and
+  server in separate processes), the step runs that side's part of the same algorithm: the client
+  sends up and, with feedback, waits for the gradient; the server receives, trains and, with
+  feedback, sends the gradient down.
 * **Feedback** (``feedback_weight=λ``, modes ``"sl"`` and ``"hybrid"``): the server runs first
   on the received activations, steps, and sends the gradient at the cut back down; the
   client's gradient is ``(1 - λ) ∇ aux_loss + λ ∇ server_loss`` through the cut. ``λ = 1`` is
@@ -52,12 +56,16 @@ def no_phase(side: str) -> AbstractContextManager[Any]:
 
 @dataclass(frozen=True)
 class StepOutput:
-    """What one step produced, all detached."""
+    """What one step produced, all detached.
 
-    loss: Tensor
-    aux_loss: Tensor
-    logits: Tensor
-    aux_logits: Tensor
+    A process that runs one side only (:attr:`Cut.sides`) has ``None`` for the other side's values:
+    a client has no ``loss``/``logits``, a server no ``aux_loss``/``aux_logits``.
+    """
+
+    loss: Tensor | None
+    aux_loss: Tensor | None
+    logits: Tensor | None
+    aux_logits: Tensor | None
     labels: Tensor
     feedback: bool
 
@@ -92,8 +100,8 @@ def split_step(
     client: nn.Module,
     server: nn.Module,
     aux_head: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
+    inputs: Tensor | None,
+    labels: Tensor | None,
     *,
     cut: Cut,
     client_optimizer: Optimizer,
@@ -113,8 +121,8 @@ def split_step(
         client: the layers before the cut.
         server: the layers after the cut.
         aux_head: the auxiliary classifier on the cut activation (stepped by ``client_optimizer``).
-        inputs: the batch's inputs (on the client).
-        labels: the batch's labels (sent up with the activations).
+        inputs: the batch's inputs (on the client; ``None`` on a server in another process).
+        labels: the batch's labels (sent up with the activations; ``None`` on a server in another process).
         cut: the seam everything crossing between the sides passes through.
         client_optimizer: optimizer over the client's and the auxiliary head's parameters.
         server_optimizer: optimizer over the server's parameters.
@@ -179,52 +187,90 @@ class _Step:
     def _scaled(self, loss: Tensor) -> Tensor:
         return loss if self.loss_scale == 1.0 else loss * self.loss_scale
 
-    def decoupled(self, inputs: Tensor, labels: Tensor) -> StepOutput:
-        """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
-        with self.phase("client"):
-            self._zero_grad(self.client_optimizer)
-            z = self.client(inputs)
-            aux_logits = self.aux_head(z)
-            aux_loss = self.criterion(aux_logits, labels)
-            self.backward(self._scaled(aux_loss))  # frees the client's graph: nothing of it is alive afterwards
-            self._step(self.client_optimizer)
-            z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
-            del z
-        with self.phase("server"):
-            self._zero_grad(self.server_optimizer)
-            logits = self.server(z_up)
-            loss = self.criterion(logits, labels_up)
-            self.backward(self._scaled(loss))
-            self._step(self.server_optimizer)
-        return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, False)
+    @property
+    def runs_client(self) -> bool:
+        return "client" in self.cut.sides
 
-    def with_feedback(self, inputs: Tensor, labels: Tensor, weight: float) -> StepOutput:
+    @property
+    def runs_server(self) -> bool:
+        return "server" in self.cut.sides
+
+    def decoupled(self, inputs: Tensor | None, labels: Tensor | None) -> StepOutput:
+        """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
+        aux_loss = aux_logits = loss = logits = None
+        if self.runs_client:
+            assert inputs is not None and labels is not None
+            with self.phase("client"):
+                self._zero_grad(self.client_optimizer)
+                z = self.client(inputs)
+                aux_logits = self.aux_head(z)
+                aux_loss = self.criterion(aux_logits, labels)
+                self.backward(self._scaled(aux_loss))  # frees the client's graph: nothing of it is alive afterwards
+                self._step(self.client_optimizer)
+                z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
+                del z
+        if self.runs_server:
+            if not self.runs_client:
+                z_up, labels_up = self.cut.receive_up(self.client_index)
+            with self.phase("server"):
+                self._zero_grad(self.server_optimizer)
+                logits = self.server(z_up)
+                loss = self.criterion(logits, labels_up)
+                self.backward(self._scaled(loss))
+                self._step(self.server_optimizer)
+        return _output(loss, aux_loss, logits, aux_logits, labels_up, False)
+
+    def with_feedback(self, inputs: Tensor | None, labels: Tensor | None, weight: float) -> StepOutput:
         """Server first; its gradient at the cut comes down and weighs ``weight`` in the client's update."""
-        with self.phase("client"):
-            self._zero_grad(self.client_optimizer)
-            z = self.client(inputs)
-            # The head always learns from the full auxiliary gradient; only its share in the client's
-            # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
-            aux_logits = self.aux_head(scale_grad(z, 1.0 - weight))
-            aux_loss = self.criterion(aux_logits, labels)
-            z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
-        with self.phase("server"):
-            self._zero_grad(self.server_optimizer)
-            z_server = z_up.detach().requires_grad_()
-            logits = self.server(z_server)
-            loss = self.criterion(logits, labels_up)
-            self.backward(self._scaled(loss))
-            self._step(self.server_optimizer)
-            assert z_server.grad is not None
-            # What goes down is the gradient of the server's own loss, whatever the accumulation.
-            gradient = z_server.grad if self.loss_scale == 1.0 else z_server.grad / self.loss_scale
-            del z_server
-        with self.phase("client"):
-            gradient = self.cut.send_down(gradient, self.client_index).detach()
-            if weight != 1.0:
-                gradient = weight * gradient
-            # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
-            # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
-            self.backward(self._scaled(aux_loss + (z * gradient).sum()))
-            self._step(self.client_optimizer)
-        return StepOutput(loss.detach(), aux_loss.detach(), logits.detach(), aux_logits.detach(), labels_up, True)
+        aux_loss = aux_logits = loss = logits = None
+        if self.runs_client:
+            assert inputs is not None and labels is not None
+            with self.phase("client"):
+                self._zero_grad(self.client_optimizer)
+                z = self.client(inputs)
+                # The head always learns from the full auxiliary gradient; only its share in the client's
+                # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
+                aux_logits = self.aux_head(scale_grad(z, 1.0 - weight))
+                aux_loss = self.criterion(aux_logits, labels)
+                z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index, reply=True)
+        if self.runs_server:
+            if not self.runs_client:
+                z_up, labels_up = self.cut.receive_up(self.client_index)
+            with self.phase("server"):
+                self._zero_grad(self.server_optimizer)
+                z_server = z_up.detach().requires_grad_()
+                logits = self.server(z_server)
+                loss = self.criterion(logits, labels_up)
+                self.backward(self._scaled(loss))
+                self._step(self.server_optimizer)
+                assert z_server.grad is not None
+                # What goes down is the gradient of the server's own loss, whatever the accumulation.
+                gradient = z_server.grad if self.loss_scale == 1.0 else z_server.grad / self.loss_scale
+                del z_server
+                gradient = self.cut.send_down(gradient, self.client_index)
+        if self.runs_client:
+            with self.phase("client"):
+                if not self.runs_server:
+                    gradient = self.cut.receive_down(self.client_index)
+                gradient = gradient.detach()
+                if weight != 1.0:
+                    gradient = weight * gradient
+                # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
+                # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
+                self.backward(self._scaled(aux_loss + (z * gradient).sum()))
+                self._step(self.client_optimizer)
+        return _output(loss, aux_loss, logits, aux_logits, labels_up, True)
+
+
+def _output(
+    loss: Tensor | None,
+    aux_loss: Tensor | None,
+    logits: Tensor | None,
+    aux_logits: Tensor | None,
+    labels: Tensor,
+    feedback: bool,
+) -> StepOutput:
+    def detached(tensor: Tensor | None) -> Tensor | None:
+        return None if tensor is None else tensor.detach()
+
+    return StepOutput(detached(loss), detached(aux_loss), detached(logits), detached(aux_logits), labels, feedback)

@@ -105,13 +105,25 @@ class ClientsDataMixin:
         self.shards_per_client = shards_per_client
         self.partition = None
 
+    def _split_client(self) -> tuple[int, int] | None:
+        """``(client index, number of clients)`` when this process is one client of a split run, else ``None``.
+
+        The split strategy (``strategy="split"``) says so with its ``client_index`` and ``num_clients``: the
+        partition then has one shard per client process and this process serves its own.
+        """
+        strategy = getattr(getattr(self, "trainer", None), "strategy", None)
+        index = getattr(strategy, "client_index", None)
+        return None if index is None else (int(index), int(strategy.num_clients))  # type: ignore[union-attr]
+
     def _setup_partition(self, targets: Tensor, num_classes: int) -> None:
         """Partition the training set of labels ``targets`` (seeded by ``seed``) unless there is one client."""
-        if self.num_clients == 1 or self.partition is not None:
+        split = self._split_client()
+        num_clients = split[1] if split is not None else self.num_clients
+        if num_clients == 1 or self.partition is not None:
             return
         self.partition = Partition.from_targets(
             targets,
-            self.num_clients,
+            num_clients,
             self.partition_scheme,
             self.alpha,
             self.shards_per_client,
@@ -120,7 +132,7 @@ class ClientsDataMixin:
         )
         sizes = self.partition.sizes
         rank_zero_info(
-            f"{type(self).__name__}: {len(targets)} training samples over {self.num_clients} clients"
+            f"{type(self).__name__}: {len(targets)} training samples over {num_clients} clients"
             f" ({self.partition_scheme}), {min(sizes)} to {max(sizes)} each."
         )
 
@@ -130,6 +142,10 @@ class ClientsDataMixin:
         """``make_loader(train_set, seed)`` with one client, else one shuffled loader per client's ``Subset``."""
         if self.partition is None:
             return make_loader(train_set, self.seed)
+        split = self._split_client()
+        if split is not None:  # one client process of a split run: its own shard, seeded as in one process
+            index = split[0]
+            return make_loader(Subset(train_set, self.partition.indices[index].tolist()), self.seed + 1 + index)
         loaders = [
             make_loader(Subset(train_set, idx.tolist()), self.seed + 1 + i)
             for i, idx in enumerate(self.partition.indices)

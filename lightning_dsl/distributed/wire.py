@@ -75,10 +75,11 @@ class Kind(enum.IntEnum):
     STATE = 3  #: a model's state dict (FedAvg upload/download, sequential hand-over)
     GRADIENT = 4  #: server to client: the gradient at the cut (sl only)
     EPOCH_END = 5  #: a client has sent its last batch of the epoch
-    EVAL_BEGIN = 6  #: evaluation batches follow (no gradient will come back)
+    EVAL_BEGIN = 6  #: evaluation batches follow (no gradient will come back); JSON: how many
     EVAL_END = 7  #: evaluation is over
     STOP = 8  #: training is over; the receiver should stop asking for messages
     CLOSE = 9  #: sent by ``Transport.close``; never returned by ``recv``
+    EPOCH_BEGIN = 10  #: a client starts a training epoch; JSON: how many batches it will send
 
 
 @dataclass(frozen=True)

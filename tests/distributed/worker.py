@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from lightning_dsl.core.codecs import Payload
-from lightning_dsl.core.cut import Cut
+from lightning_dsl.core.cut import Cut, Parcel
 from lightning_dsl.distributed import (
     SERVER,
     Kind,
@@ -117,7 +117,7 @@ def basic(rank: int) -> dict[str, Any]:
         out["state"] = sorted(state) == ["a.weight", "b.bias"] and torch.equal(state["b.bias"], torch.arange(3.0))
         # The seam: what a Cut counted on client 1, as received here.
         before = transport.received[2].payload_bytes
-        for _ in range(4):
+        for _ in range(2):  # one parcel per crossing: activations + labels, then the state
             transport.recv(2, expect=Kind.BATCH)
         out["cut_bytes_received"] = transport.received[2].payload_bytes - before
         # Arrival order, then client order while the other client's message is already waiting.
@@ -139,9 +139,9 @@ def basic(rank: int) -> dict[str, Any]:
         else:
 
             class SendingCut(Cut):
-                def transmit(self, payload: Payload, client: int = 0) -> Payload:
-                    transport.send(Message(Kind.BATCH, payloads=(payload,)), SERVER)
-                    return payload
+                def transmit(self, parcel: Parcel, client: int = 0) -> Parcel:
+                    transport.send(Message(Kind.BATCH, payloads=parcel.payloads), SERVER)
+                    return parcel
 
             cut = SendingCut(codec="int8")
             before = transport.sent[SERVER].payload_bytes

@@ -26,6 +26,7 @@ from lightning_dsl.callbacks import (
     SplitThroughputMonitor,
 )
 from lightning_dsl.module import DecoupledSplitModule
+from lightning_dsl.strategies.split import SplitStrategy, process_name, run_group
 
 RUNS_DIR = "runs"
 
@@ -54,6 +55,30 @@ class DSLCLI(LightningCLI):
         parser.add_lightning_class_args(RunSummary, "summary")
         # Where users look first: bytes sent up so far and the peak saved activations in the progress bar.
         parser.set_defaults({"communication.prog_bar": True, "memory.prog_bar": True})
+
+    def before_instantiate_classes(self) -> None:
+        """With ``--trainer.strategy=split`` each process is its own run: its role goes into the loggers' names.
+
+        ``runs/csv/<role>/version_N`` (``server``, ``client0``, ...) and one W&B run per process named by
+        its role, all of one launch in one W&B ``group``.
+        """
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        trainer = getattr(config, "trainer", None)
+        if trainer is None or not _is_split(getattr(trainer, "strategy", None)):
+            return
+        role, group = process_name(getattr(trainer, "devices", None)), run_group()
+        loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
+        for logger in loggers:
+            init_args = getattr(logger, "init_args", None)
+            class_path = str(getattr(logger, "class_path", ""))
+            if init_args is None:
+                continue
+            if class_path.endswith("WandbLogger"):
+                init_args.name = f"{init_args.name}-{role}" if getattr(init_args, "name", None) else role
+                init_args.group = group
+                init_args.job_type = "server" if role == "server" else "client"
+            elif getattr(init_args, "name", None) is not None:
+                init_args.name = f"{init_args.name}/{role}"
 
     def instantiate_classes(self) -> None:
         """Build the classes; a constructor's ``ValueError`` (a bad argument) exits like a parse error.
@@ -86,6 +111,15 @@ def trainer_defaults() -> dict[str, Any]:
 def _num_clients(data: LightningDataModule) -> int:
     """The data module's number of clients; 1 for a data module that has no such attribute."""
     return int(getattr(data, "num_clients", 1))
+
+
+def _is_split(strategy: Any) -> bool:
+    """Whether the Trainer's ``strategy`` (a name, a class path config or an instance) is the split strategy."""
+    if isinstance(strategy, str):
+        return strategy == SplitStrategy.strategy_name
+    if isinstance(strategy, SplitStrategy):
+        return True
+    return str(getattr(strategy, "class_path", "")).endswith("SplitStrategy")
 
 
 def _path(cls: type) -> str:

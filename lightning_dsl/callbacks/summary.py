@@ -102,7 +102,7 @@ class RunSummary(Callback):
             contribute = getattr(callback, "summary", None)
             if callback is not self and callable(contribute):
                 figures.update(contribute())
-        contribute = getattr(trainer.strategy, "summary", None)  # strategy="split": the role, the wire's bytes
+        contribute = getattr(trainer.strategy, "summary", None)  # strategy="split": the role, the wire, the clients
         if callable(contribute):
             figures.update(contribute())
         return figures
@@ -168,7 +168,8 @@ def _human_bytes(value: float) -> str:
 
 @rank_zero_only
 def _print_table(summary: dict[str, Any]) -> None:
-    rows = [(k, _format(k, v)) for k, v in summary.items() if k != "history" and v is not None]
+    # Lists (the history, a split server's clients' reports) are in summary.json, not in the table.
+    rows = [(k, _format(k, v)) for k, v in summary.items() if v is not None and not isinstance(v, (list, dict))]
     width = max(len(k) for k, _ in rows)
     lines = ["", "Run summary", "-" * (width + 20)] + [f"{k:<{width}}  {v}" for k, v in rows]
     rank_zero_info("\n".join(lines) + "\n")

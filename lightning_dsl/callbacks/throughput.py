@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
 from lightning_dsl.core.clients import client_entries
+from lightning_dsl.core.cut import Arrival, Arrivals
 
 PREFIX = "throughput/"
 
@@ -19,10 +20,13 @@ PREFIX = "throughput/"
 def default_batch_size(batch: Any) -> int:
     """The number of samples in ``batch``: the length of its first tensor (inputs, labels, ...).
 
-    A batch of many clients (one ``(inputs, labels)`` pair or ``None`` per client) counts every client's samples.
+    A batch of many clients (one ``(inputs, labels)`` pair or ``None`` per client) counts every client's samples;
+    on a server whose clients are other processes, the samples that arrived for the step.
     """
     if isinstance(batch, Tensor):
         return int(batch.shape[0])
+    if isinstance(batch, (Arrival, Arrivals)):  # a server in its own process: what arrived at the cut
+        return batch.samples
     if isinstance(batch, dict):
         batch = list(batch.values())
     entries = client_entries(batch)

@@ -64,11 +64,12 @@ class Arrival:
     """On a server whose clients run in other processes: client ``client``'s batch is at the cut.
 
     What the server's step gets in place of ``(inputs, labels)``; :meth:`Cut.receive_up` takes the
-    batch itself. ``reply``: the client waits for this batch's gradient.
+    batch itself. ``reply``: the client waits for this batch's gradient; ``samples``: its size.
     """
 
     client: int
     reply: bool = False
+    samples: int = 0
 
 
 class Arrivals:
@@ -80,9 +81,12 @@ class Arrivals:
 
     def __init__(self, arrivals: Iterator[Arrival]) -> None:
         self._arrivals = arrivals
+        self.samples = 0  # of the arrivals taken so far
 
     def __iter__(self) -> Iterator[Arrival]:
-        return self._arrivals
+        for arrival in self._arrivals:
+            self.samples += arrival.samples
+            yield arrival
 PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 from typing import Any
 
 import torch
@@ -373,6 +374,7 @@ class SplitStrategy(ParallelStrategy):
                 if not self._failed:
                     raise
                 print(f"[{self.run_name}] {err}", file=sys.stderr)
+            self.summary()  # kept for the run summary, written after the teardown
             self.transport = None
         if dist.is_initialized() and not self._failed:
             dist.destroy_process_group()
@@ -383,6 +385,33 @@ class SplitStrategy(ParallelStrategy):
         strategy_registry.register(
             cls.strategy_name, cls, description="Split learning: server (rank 0) and clients in separate processes"
         )
+
+
+def process_name(devices: Any = None) -> str:
+    """``server`` or ``client<i>`` for this process of a split run, from the launch environment.
+
+    torchrun sets ``RANK``; the processes the Trainer starts itself (``devices=N + 1``) have ``LOCAL_RANK``
+    and ``NODE_RANK`` (the first has neither: it is the server, or node ``NODE_RANK``'s first process).
+    """
+    if "RANK" in os.environ:
+        rank = int(os.environ["RANK"])
+    else:
+        per_node = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
+        rank = int(os.environ.get("NODE_RANK", 0)) * per_node + int(os.environ.get("LOCAL_RANK", 0))
+    return "server" if rank == SERVER else f"client{rank - 1}"
+
+
+def run_group() -> str:
+    """An id shared by every process of one split run (W&B's ``group``).
+
+    torchrun's ``TORCHELASTIC_RUN_ID``, else one made by the first process and inherited by the
+    processes it starts (``LIGHTNING_DSL_RUN_GROUP``).
+    """
+    group = os.environ.get("LIGHTNING_DSL_RUN_GROUP") or os.environ.get("TORCHELASTIC_RUN_ID")
+    if not group or group == "none":
+        group = f"split-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    os.environ["LIGHTNING_DSL_RUN_GROUP"] = group
+    return group
 
 
 def run_config(model: Any, trainer: Trainer, strategy: SplitStrategy) -> dict[str, Any]:
@@ -468,4 +497,4 @@ def _exit_now(code: int) -> None:
 
 
 SplitStrategy.register_strategies(StrategyRegistry)
-__all__ = ["SERVER_ORDERS", "SplitStrategy", "peer_name", "run_config"]
+__all__ = ["SERVER_ORDERS", "SplitStrategy", "peer_name", "process_name", "run_config", "run_group"]

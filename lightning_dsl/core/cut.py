@@ -87,6 +87,8 @@ class Arrivals:
         for arrival in self._arrivals:
             self.samples += arrival.samples
             yield arrival
+
+
 PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
 
 
@@ -185,7 +187,9 @@ class Cut:
     def send_down(self, gradient: Tensor, client: int = 0) -> Tensor:
         """Server to client: the gradient of the server loss with respect to the cut activations."""
         assert isinstance(self.grad_codec, Codec)
-        return self._arrived_down(self.transmit(Parcel("gradient", (self.grad_codec.encode(gradient),)), client), client)
+        return self._arrived_down(
+            self.transmit(Parcel("gradient", (self.grad_codec.encode(gradient),)), client), client
+        )
 
     def receive_down(self, client: int = 0) -> Tensor:
         """Client of a server in another process: the gradient the server sent down for the last batch."""

@@ -15,6 +15,7 @@ counts what crossed when it crossed); the transport counts the framing on top
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
 from lightning_dsl.core.cut import Cut, Parcel
 from lightning_dsl.distributed.transport import SERVER, Transport
 from lightning_dsl.distributed.wire import Kind, Message

@@ -25,7 +25,7 @@ def announce(loader: Any, strategy: SplitStrategy) -> None:
     trainer = strategy.lightning_module.trainer  # type: ignore[union-attr]
     if trainer.training or strategy.cut.sends_evaluation:
         kind = Kind.EPOCH_BEGIN if trainer.training else Kind.EVAL_BEGIN
-        plan = {"batches": len(loader), "stage": str(trainer.state.stage.value)}
+        plan = {"batches": len(loader), "stage": str(getattr(trainer.state.stage, "value", ""))}
         strategy.transport.send(Message.from_json(kind, plan), SERVER)  # type: ignore[union-attr]
 
 

@@ -97,10 +97,13 @@ class SplitStrategy(ParallelStrategy):
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
             raise ValueError(f"Expected argument `timeout` to be a number of seconds > 0, but got {timeout!r}.")
         if server_order not in SERVER_ORDERS:
-            raise ValueError(f"Expected argument `server_order` to be one of {list(SERVER_ORDERS)}, but got {server_order!r}.")
+            raise ValueError(
+                f"Expected argument `server_order` to be one of {list(SERVER_ORDERS)}, but got {server_order!r}."
+            )
         if process_group_backend not in (None, "gloo", "nccl"):
             raise ValueError(
-                f"Expected argument `process_group_backend` to be 'gloo', 'nccl' or None, but got {process_group_backend!r}."
+                "Expected argument `process_group_backend` to be 'gloo', 'nccl' or None, but got"
+                f" {process_group_backend!r}."
             )
         self.max_in_flight, self.timeout, self.server_order = max_in_flight, float(timeout), server_order
         self.uplink = _link("uplink", uplink_mbps, uplink_latency_ms)
@@ -141,7 +144,7 @@ class SplitStrategy(ParallelStrategy):
 
     @property
     def local_rank(self) -> int:
-        """0: every process prepares its own data (the server prepares none); the device is picked by :attr:`root_device`."""
+        """0: every process prepares its own data (the server none); :attr:`root_device` picks the device."""
         return 0
 
     @property
@@ -264,8 +267,8 @@ class SplitStrategy(ParallelStrategy):
                 self.transport.send(Message.from_json(Kind.HELLO, {"input_shape": model.input_shape}), SERVER)
         else:
             shape = self.transport.recv(1, expect=Kind.HELLO).json()["input_shape"]
-            if not model._aux_head_built and shape is not None:  # noqa: SLF001 (the module's own set-up step)
-                model._build_aux_head(shape)  # noqa: SLF001
+            if not model._aux_head_built and shape is not None:  # the module's own set-up step, with the shape
+                model._build_aux_head(shape)  # type: ignore[operator]
         super().setup(trainer)
 
     def process_dataloader(self, dataloader: Any) -> Any:
@@ -311,7 +314,9 @@ class SplitStrategy(ParallelStrategy):
     def _report(self) -> dict[str, Any]:
         model = self.lightning_module
         assert model is not None and self.transport is not None
-        metrics = {k: float(v) for k, v in model.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+        metrics = {
+            k: float(v) for k, v in model.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+        }
         return {"run": self.run_name, "metrics": metrics, **self.summary(merge=False)}
 
     def summary(self, merge: bool = True) -> dict[str, Any]:
@@ -348,7 +353,7 @@ class SplitStrategy(ParallelStrategy):
         )
 
     def on_exception(self, exception: BaseException) -> None:
-        """A peer failed: save a checkpoint of this side (``split-<role>-fault.ckpt``), leave with status 1 after the error."""
+        """A peer failed: save this side's checkpoint (``split-<role>-fault.ckpt``); exit 1 after the error shows."""
         self._failed = True
         if not isinstance(exception, TransportError):
             return

@@ -28,36 +28,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_world(scenario: str, world_size: int, out_dir: Path, cap: float = 40.0) -> dict[str, Any]:
-    """Run ``scenario`` on ``world_size`` processes; return their exit codes, results and stderr tails.
+def launch(
+    command: list[str], world_size: int, out_dir: Path, cap: float = 40.0, env: dict[str, str] | None = None
+) -> tuple[list[int | None], dict[int, str]]:
+    """Start ``command`` once per rank, as torchrun would (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ...).
 
-    Every process is killed if the world is not done within ``cap`` seconds.
+    Returns the exit codes (``None`` for a process killed at the cap) and each rank's output. Every
+    process still running after ``cap`` seconds is killed: none is left behind.
     """
-    env = dict(
+    base = dict(
         os.environ,
         WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        GROUP_RANK="0",
+        TORCHELASTIC_RUN_ID=f"test-{os.getpid()}-{time.monotonic_ns()}",
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(free_port()),
         GLOO_SOCKET_IFNAME="lo",  # loopback only
         PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         OMP_NUM_THREADS="1",
+        **(env or {}),
     )
-    procs = []
-    logs = []
+    procs, logs = [], []
+    codes: list[int | None] = []
     try:
         for rank in range(world_size):
             log = open(out_dir / f"rank{rank}.log", "w+")  # noqa: SIM115 - closed in finally
             logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, str(WORKER), scenario, str(out_dir)],
-                    env=dict(env, RANK=str(rank)),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+            rank_env = dict(base, RANK=str(rank), LOCAL_RANK=str(rank))
+            procs.append(subprocess.Popen(command, env=rank_env, stdout=log, stderr=subprocess.STDOUT, cwd=out_dir))
         deadline = time.monotonic() + cap
-        codes = [proc.wait(timeout=max(0.1, deadline - time.monotonic())) for proc in procs]
+        for proc in procs:
+            try:
+                codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                codes.append(None)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -65,9 +70,18 @@ def run_world(scenario: str, world_size: int, out_dir: Path, cap: float = 40.0) 
                 proc.wait()
         for log in logs:
             log.close()
+    output = {rank: (out_dir / f"rank{rank}.log").read_text() for rank in range(world_size)}
+    return codes, output
+
+
+def run_world(scenario: str, world_size: int, out_dir: Path, cap: float = 40.0) -> dict[str, Any]:
+    """Run ``scenario`` on ``world_size`` processes; return their exit codes, results and stderr tails.
+
+    Every process is killed if the world is not done within ``cap`` seconds.
+    """
+    codes, output = launch([sys.executable, str(WORKER), scenario, str(out_dir)], world_size, out_dir, cap)
     results = {}
     for rank in range(world_size):
         path = out_dir / f"rank{rank}.json"
         results[rank] = json.loads(path.read_text()) if path.exists() else None
-    output = {rank: (out_dir / f"rank{rank}.log").read_text()[-3000:] for rank in range(world_size)}
-    return {"codes": codes, "results": results, "output": output}
+    return {"codes": codes, "results": results, "output": {r: text[-3000:] for r, text in output.items()}}

@@ -5,11 +5,13 @@ One client process and one server process (one thread each; ``torchrun --standal
 is not what is measured), a fixed number of batches, at the named cuts. For each cut it runs dsl and
 sl, and reports:
 
-* wall time per batch (the server's pace: between the ends of its batches after the warm-up; a
-  batch with two clients is a round of both clients' batches), and the ratio dsl / sl, next to its floor ``max(c, s) / (c + s)``, where ``c`` and
-  ``s`` are the per-side compute times per batch measured in the dsl run itself (each side's phase
-  time: a dsl client never waits for the server, so its phase is pure compute). Pipelining cannot
-  beat the floor: the slower side sets the pace;
+* wall time per batch: the steady pace, the slower process's interval between the ends of its
+  batches after the warm-up (a dsl client ahead of the server waits on its window; with two clients
+  the server's batch is a round of both clients' batches), and the ratio dsl / sl, next to its
+  floor ``max(c, s) / (c + s)``, where ``c`` and ``s`` are the per-side compute times per batch
+  measured in the dsl run itself (each side's phase time: a dsl client never waits for the server,
+  so its phase is pure compute). Pipelining cannot beat ``max(c, s)``: the slower side sets the
+  pace (the ratio can fall below the floor when sl pays more than ``c + s``: its waits and transfers);
 * bytes on the wire (the server's received payload bytes, framing apart) against the simulated
   count of the one-process :class:`~lightning_dsl.core.Cut` for the same batches (equal);
 * peak memory per process: the peak RSS and the peak of saved-for-backward bytes (PeakMemoryMonitor);
@@ -61,7 +63,10 @@ def worker(options: dict[str, Any]) -> None:
     rank = int(os.environ["RANK"])
     batch, batches = options["batch_size"], options["batches"]
     generator = torch.Generator().manual_seed(rank)
-    data = TensorDataset(torch.randn(batch * batches, 3, 32, 32, generator=generator), torch.randint(0, 10, (batch * batches,), generator=generator))
+    data = TensorDataset(
+        torch.randn(batch * batches, 3, 32, 32, generator=generator),
+        torch.randint(0, 10, (batch * batches,), generator=generator),
+    )
     model = DecoupledSplitModule(
         f"resnet{options['depth']}", split_index=options["cut"], mode=options["mode"], input_shape=(3, 32, 32)
     )
@@ -167,15 +172,23 @@ def run_arm(args: argparse.Namespace, arm: str, cut: str, mode: str, out: Path) 
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         raise RuntimeError(f"{arm} {cut} {mode} failed:\n{done.stderr[-3000:]}")
+    return summarize(run_dir, arm, cut, mode, args)
+
+
+def summarize(run_dir: Path, arm: str, cut: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One row from the processes' figures in ``run_dir`` (also used by ``--report`` on earlier runs)."""
+    clients, link = ARMS[arm]
     roles = {path.stem: json.loads(path.read_text()) for path in run_dir.glob("*.json")}
-    warm = args.warmup
-    ends = roles["server"]["ends"]  # the server's pace: a round of every client's batch per step
-    timed = args.batches - warm
+    warm, timed = args.warmup, args.batches - args.warmup
+    # Steady pace: the slower process's interval between the ends of its batches after the warm-up (a dsl
+    # client that runs ahead waits on its window; the server's batch with two clients is a round of both).
+    paces = {role: (r["ends"][-1] - r["ends"][warm - 1]) / timed for role, r in roles.items()}
     per_side = {role: sum(r["compute_per_batch"][warm:]) / timed for role, r in roles.items()}
     up, down = simulated_bytes(args.depth, cut, args.batch_size)
     return {
         "arm": arm, "cut": cut, "mode": mode, "clients": clients, "link": link,
-        "wall_per_batch": (ends[-1] - ends[warm - 1]) / timed,
+        "wall_per_batch": max(paces.values()),
+        "paces": paces,
         "client_compute": max(per_side[f"client{i}"] for i in range(clients)),
         "server_compute": per_side["server"] / clients,
         "wire_payload_bytes": roles["server"]["wire_payload_bytes_received"]
@@ -183,6 +196,7 @@ def run_arm(args: argparse.Namespace, arm: str, cut: str, mode: str, out: Path) 
         "simulated_bytes": clients * args.batches * (up + (down if mode == "sl" else 0)),
         "peak_rss_mib": {role: round(r["peak_rss_mib"]) for role, r in roles.items()},
         "saved_peak_mib": {role: round((r["saved_peak_bytes"] or 0) / 2**20, 1) for role, r in roles.items()},
+        "depth": args.depth, "batches": args.batches,
     }  # fmt: skip
 
 
@@ -196,22 +210,29 @@ def main() -> None:
     parser.add_argument("--cuts", nargs="+", default=list(CUTS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/split"))
+    parser.add_argument("--report", action="store_true", help="only summarize the runs already in --out")
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
+        return
+    if args.report:
+        rows = [summarize(args.out / f"{a}-{c}-{m}", a, c, m, args) for a in args.arms for c in args.cuts for m in MODES
+                if (args.out / f"{a}-{c}-{m}").exists()]  # fmt: skip
+        (args.out / "table.md").write_text(table(rows) + "\n")
+        print(table(rows))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else []
     done = {(r["arm"], r["cut"], r["mode"], r.get("depth", 110), r.get("batches")) for r in results}
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, ResNet-{args.depth}, batch {args.batch_size}")
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
+    print(f"# {machine}, ResNet-{args.depth}, batch {args.batch_size}, {args.batches} batches ({args.warmup} warm-up)")
     for arm in args.arms:
         for cut in args.cuts:
             for mode in MODES:
                 if (arm, cut, mode, args.depth, args.batches) in done:
                     continue  # resume where a previous invocation stopped
                 row = run_arm(args, arm, cut, mode, args.out)
-                row.update(depth=args.depth, batches=args.batches)
                 results.append(row)
                 results_path.write_text(json.dumps(results, indent=1))
                 print(json.dumps(row), flush=True)

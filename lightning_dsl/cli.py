@@ -60,13 +60,17 @@ class DSLCLI(LightningCLI):
         """With ``--trainer.strategy=split`` each process is its own run: its role goes into the loggers' names.
 
         ``runs/csv/<role>/version_N`` (``server``, ``client0``, ...) and one W&B run per process named by
-        its role, all of one launch in one W&B ``group``.
+        its role, all of one launch in one W&B ``group``. ``{role}`` in ``--ckpt_path`` becomes the role, so
+        one command resumes every process from its own checkpoint.
         """
         config = self.config.get(self.subcommand) if self.subcommand else self.config
         trainer = getattr(config, "trainer", None)
         if trainer is None or not _is_split(getattr(trainer, "strategy", None)):
             return
         role, group = process_name(getattr(trainer, "devices", None)), run_group()
+        ckpt_path = getattr(config, "ckpt_path", None)
+        if isinstance(ckpt_path, str) and "{role}" in ckpt_path:  # each process resumes from its own checkpoint
+            config.ckpt_path = ckpt_path.replace("{role}", role)
         loggers = trainer.logger if isinstance(trainer.logger, list) else [trainer.logger]
         for logger in loggers:
             init_args = getattr(logger, "init_args", None)

@@ -197,7 +197,7 @@ class _Step:
 
     def decoupled(self, inputs: Tensor | None, labels: Tensor | None) -> StepOutput:
         """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
-        aux_loss = aux_logits = loss = logits = None
+        aux_loss = aux_logits = loss = logits = arrived = None
         if self.runs_client:
             assert inputs is not None and labels is not None
             with self.phase("client"):
@@ -207,22 +207,17 @@ class _Step:
                 aux_loss = self.criterion(aux_logits, labels)
                 self.backward(self._scaled(aux_loss))  # frees the client's graph: nothing of it is alive afterwards
                 self._step(self.client_optimizer)
-                z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index)
+                arrived = self.cut.send_up(z.detach(), labels, self.client_index)
                 del z
         if self.runs_server:
-            if not self.runs_client:
-                z_up, labels_up = self.cut.receive_up(self.client_index)
-            with self.phase("server"):
-                self._zero_grad(self.server_optimizer)
-                logits = self.server(z_up)
-                loss = self.criterion(logits, labels_up)
-                self.backward(self._scaled(loss))
-                self._step(self.server_optimizer)
-        return _output(loss, aux_loss, logits, aux_logits, labels_up, False)
+            arrived = arrived or self.cut.receive_up(self.client_index)
+            loss, logits, _ = self._server(*arrived, feedback=False)
+        assert arrived is not None
+        return _output(loss, aux_loss, logits, aux_logits, arrived[1], False)
 
     def with_feedback(self, inputs: Tensor | None, labels: Tensor | None, weight: float) -> StepOutput:
         """Server first; its gradient at the cut comes down and weighs ``weight`` in the client's update."""
-        aux_loss = aux_logits = loss = logits = None
+        aux_loss = aux_logits = loss = logits = arrived = gradient = None
         if self.runs_client:
             assert inputs is not None and labels is not None
             with self.phase("client"):
@@ -232,26 +227,14 @@ class _Step:
                 # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
                 aux_logits = self.aux_head(scale_grad(z, 1.0 - weight))
                 aux_loss = self.criterion(aux_logits, labels)
-                z_up, labels_up = self.cut.send_up(z.detach(), labels, self.client_index, reply=True)
+                arrived = self.cut.send_up(z.detach(), labels, self.client_index, reply=True)
         if self.runs_server:
-            if not self.runs_client:
-                z_up, labels_up = self.cut.receive_up(self.client_index)
-            with self.phase("server"):
-                self._zero_grad(self.server_optimizer)
-                z_server = z_up.detach().requires_grad_()
-                logits = self.server(z_server)
-                loss = self.criterion(logits, labels_up)
-                self.backward(self._scaled(loss))
-                self._step(self.server_optimizer)
-                assert z_server.grad is not None
-                # What goes down is the gradient of the server's own loss, whatever the accumulation.
-                gradient = z_server.grad if self.loss_scale == 1.0 else z_server.grad / self.loss_scale
-                del z_server
-                gradient = self.cut.send_down(gradient, self.client_index)
+            arrived = arrived or self.cut.receive_up(self.client_index)
+            loss, logits, gradient = self._server(*arrived, feedback=True)
         if self.runs_client:
+            assert aux_loss is not None
             with self.phase("client"):
-                if not self.runs_server:
-                    gradient = self.cut.receive_down(self.client_index)
+                gradient = self.cut.receive_down(self.client_index) if gradient is None else gradient
                 gradient = gradient.detach()
                 if weight != 1.0:
                     gradient = weight * gradient
@@ -259,7 +242,25 @@ class _Step:
                 # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
                 self.backward(self._scaled(aux_loss + (z * gradient).sum()))
                 self._step(self.client_optimizer)
-        return _output(loss, aux_loss, logits, aux_logits, labels_up, True)
+        assert arrived is not None
+        return _output(loss, aux_loss, logits, aux_logits, arrived[1], True)
+
+    def _server(self, z_up: Tensor, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The server's step on what arrived; with ``feedback`` the gradient at the cut is sent down (and returned)."""
+        with self.phase("server"):
+            self._zero_grad(self.server_optimizer)
+            z_server = z_up.detach().requires_grad_() if feedback else z_up
+            logits = self.server(z_server)
+            loss = self.criterion(logits, labels_up)
+            self.backward(self._scaled(loss))
+            self._step(self.server_optimizer)
+            if not feedback:
+                return loss, logits, None
+            assert z_server.grad is not None
+            # What goes down is the gradient of the server's own loss, whatever the accumulation.
+            gradient = z_server.grad if self.loss_scale == 1.0 else z_server.grad / self.loss_scale
+            del z_server
+            return loss, logits, self.cut.send_down(gradient, self.client_index)
 
 
 def _output(

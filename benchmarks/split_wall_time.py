@@ -217,7 +217,7 @@ def main() -> None:
         return
     if args.report:
         rows = [summarize(args.out / f"{a}-{c}-{m}", a, c, m, args) for a in args.arms for c in args.cuts for m in MODES
-                if (args.out / f"{a}-{c}-{m}").exists()]  # fmt: skip
+                if (args.out / f"{a}-{c}-{m}" / "server.json").exists()]  # fmt: skip
         (args.out / "table.md").write_text(table(rows) + "\n")
         print(table(rows))
         return

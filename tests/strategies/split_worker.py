@@ -6,7 +6,8 @@ and saves this process's halves, head and byte counts to ``<role>.pt`` in the wo
 Options: ``mode``, ``epochs``, ``batches`` (per epoch), ``clients`` (in-process reference: how many),
 ``in_process`` (no split strategy), ``timeout``, ``max_in_flight``, ``kill`` (``{"rank": r, "batch": b}``:
 that process SIGKILLs itself before its b-th training batch), ``ckpt`` (resume from this path),
-``codec``, ``server_order``, ``mode_by_rank`` (``{"1": "sl"}``: another mode on that rank).
+``codec``, ``server_order``, ``mode_by_rank`` (``{"1": "sl"}``: another mode on that rank), ``sleep``
+(``{"server": 0.3}``: that process sleeps after each training batch).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,17 @@ from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.callbacks import CommunicationMonitor
 from lightning_dsl.data import DigitsDataModule
 from lightning_dsl.strategies import SplitStrategy
+
+
+class Clock(Callback):
+    """Wall-clock time at the end of every training batch (and an optional sleep: a slow side)."""
+
+    def __init__(self, sleep: float = 0.0) -> None:
+        self.sleep, self.ends = sleep, []  # type: ignore[var-annotated]
+
+    def on_train_batch_end(self, *args: Any) -> None:  # noqa: D102
+        time.sleep(self.sleep)
+        self.ends.append(time.time())
 
 
 class KillAt(Callback):
@@ -56,7 +69,9 @@ def main(options: dict[str, Any]) -> None:
     )
     data = DigitsDataModule(batch_size=32, num_clients=clients if in_process else 1)
     role = "inprocess" if in_process else ("server" if rank == 0 else f"client{rank - 1}")
-    callbacks: list[Callback] = [CommunicationMonitor(), ModelCheckpoint(dirpath=f"ckpt-{role}", save_last=True)]
+    clock = Clock(options.get("sleep", {}).get(role, 0.0))
+    checkpoint = ModelCheckpoint(dirpath=f"ckpt-{role}", save_last=True)
+    callbacks: list[Callback] = [CommunicationMonitor(), checkpoint, clock]
     kill = options.get("kill")
     if kill and kill["rank"] == rank and not in_process:
         callbacks.append(KillAt(kill["batch"]))
@@ -95,6 +110,8 @@ def main(options: dict[str, Any]) -> None:
             "total_bytes_down": monitor.total_bytes_down,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "summary": getattr(trainer.strategy, "summary", lambda: {})(),
+            "loaded_data": data.train_set is not None,
+            "ends": clock.ends,
         },
         Path(f"{role}.pt"),
     )

@@ -65,6 +65,7 @@ def test_one_client_ends_with_the_parameters_of_the_same_run_in_one_process(tmp_
     assert_same(reference["server"], server["server"])
     assert_same(reference["client"], client["client"])
     assert_same(reference["aux_head"], client["aux_head"])
+    assert client["loaded_data"] and not server["loaded_data"]  # the server never loads a dataset
     # Bytes: both sides count what crossed, equal to the one-process count (sl: gradients come down).
     assert server["traffic"] == client["traffic"] == reference["traffic"]
     assert (reference["traffic"]["bytes_down"] > 0) == (mode == "sl")
@@ -90,6 +91,27 @@ def test_two_clients_equal_the_one_process_parallel_schedule_with_fedavg(tmp_pat
     reports = server["summary"]["split/clients"]
     assert [r["run"] for r in reports] == ["client0", "client1"]
     assert sum(r["split/cut_bytes_up"] for r in reports) == server["traffic"]["bytes_up"]
+
+
+def test_arrival_order_trains_every_clients_batches(tmp_path: Path) -> None:
+    codes, output = run_split(tmp_path, 3, server_order="arrival", sleep={"client0": 0.2})
+    assert codes == [0, 0, 0], output
+    server = load(tmp_path, "server")
+    clients = [load(tmp_path, f"client{i}") for i in range(2)]
+    assert server["traffic"]["bytes_up"] == sum(c["traffic"]["bytes_up"] for c in clients)
+    assert server["traffic"]["messages_up"] == sum(c["traffic"]["messages_up"] for c in clients)
+
+
+def test_max_in_flight_bounds_how_far_a_dsl_client_runs_ahead_of_a_slow_server(tmp_path: Path) -> None:
+    sleep = 0.4
+    codes, output = run_split(tmp_path, 2, max_in_flight=1, sleep={"server": sleep}, batches=8, epochs=1)
+    assert codes == [0, 0], output
+    client, server = load(tmp_path, "client0")["ends"], load(tmp_path, "server")["ends"]
+    # With a window of one message the client's batch k + 2 cannot end before the server has taken batch k
+    # (its own batch k + 1 waits in the window until then): the client is at most 2 batches ahead.
+    for k in range(len(server) - 2):
+        assert client[k + 2] >= server[k] - 0.05, (k, client, server)
+    assert client[-1] - client[0] >= (len(client) - 3) * sleep * 0.9  # throttled to the server's pace
 
 
 def test_a_client_killed_mid_epoch_stops_the_server_with_a_checkpoint_and_an_error_naming_it(tmp_path: Path) -> None:

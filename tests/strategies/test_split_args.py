@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import StrategyRegistry
@@ -73,3 +75,21 @@ def test_each_process_knows_its_role_from_the_launch_environment(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     assert process_name(devices) == name
+
+
+def test_from_the_cli_each_process_logs_its_own_run_named_by_its_role(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, wandb_offline: None
+) -> None:
+    from lightning.pytorch.loggers import CSVLogger, WandbLogger
+
+    from lightning_dsl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LIGHTNING_DSL_RUN_GROUP", "run-42")  # what the first process hands to those it starts
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    cli = main(args=[f"--config={config}", "--trainer.strategy=split"], run=False)
+    csv = next(logger for logger in cli.trainer.loggers if isinstance(logger, CSVLogger))
+    wandb = next(logger for logger in cli.trainer.loggers if isinstance(logger, WandbLogger))
+    assert csv.name == "csv/client1"
+    assert wandb._wandb_init["name"] == "client1" and wandb._wandb_init["group"] == "run-42"

@@ -236,7 +236,8 @@ class SplitStrategy(ParallelStrategy):
         if self.role == "server":
             _without_data(trainer)
 
-    def _join_group(self) -> None:
+    def setup_distributed(self) -> None:
+        """Join the process group from the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_*``); make the transport."""
         env = self.cluster_environment
         assert env is not None
         if not dist.is_initialized():
@@ -259,7 +260,7 @@ class SplitStrategy(ParallelStrategy):
         """
         model = self.lightning_module
         assert model is not None
-        self._join_group()
+        self.setup_distributed()
         assert self.transport is not None
         handshake(self.transport, run_config(model, trainer, self))
         if self.role == "client":
@@ -371,7 +372,11 @@ class SplitStrategy(ParallelStrategy):
         atexit.register(_exit_now, 1)
 
     def teardown(self) -> None:
-        """Close the transport (bounded by ``timeout``) and leave the process group."""
+        """Close the transport (bounded by ``timeout``) and leave the process group.
+
+        After a peer failed the group is left as it is: destroying it would wait on the dead peer, and the
+        process leaves with ``os._exit`` (see :meth:`on_exception`).
+        """
         if self.transport is not None:
             try:
                 self.transport.close(timeout=5.0 if self._failed else self.timeout)

@@ -144,20 +144,25 @@ def worker(options: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def simulated_bytes(depth: int, cut: str, batch: int) -> tuple[int, int]:
-    """Bytes up and down per batch that the one-process Cut counts for this cut (sl sends the gradient down)."""
+def simulated_bytes(depth: int, cut: str, batch: int) -> tuple[int, int, int]:
+    """What the one-process Cut counts for this cut: bytes up and down per batch, and one client's state.
+
+    sl sends the gradient down; with several clients each FedAvg round moves a client's state (half and
+    head) up and down once per client.
+    """
     import torch
 
-    from lightning_dsl.core import Cut, split_network
-    from lightning_dsl.models import create_model
+    from lightning_dsl import DecoupledSplitModule
+    from lightning_dsl.core import Cut
+    from lightning_dsl.core.fedavg import client_state, state_nbytes
 
-    halves = split_network(create_model(f"resnet{depth}", num_classes=10), cut)
+    model = DecoupledSplitModule(f"resnet{depth}", split_index=cut, input_shape=(3, 32, 32))
     with torch.no_grad():
-        z = halves.client.eval()(torch.zeros(batch, 3, 32, 32))
+        z = model.client.eval()(torch.zeros(batch, 3, 32, 32))
     cut_ = Cut()
     cut_.send_up(z, torch.zeros(batch, dtype=torch.long))
     cut_.send_down(z)
-    return cut_.traffic.bytes_up, cut_.traffic.bytes_down
+    return cut_.traffic.bytes_up, cut_.traffic.bytes_down, state_nbytes(client_state(model.client, model.aux_head))
 
 
 def run_arm(args: argparse.Namespace, arm: str, cut: str, mode: str, out: Path) -> dict[str, Any]:
@@ -182,9 +187,11 @@ def summarize(run_dir: Path, arm: str, cut: str, mode: str, args: argparse.Names
     warm, timed = args.warmup, args.batches - args.warmup
     # Steady pace: the slower process's interval between the ends of its batches after the warm-up (a dsl
     # client that runs ahead waits on its window; the server's batch with two clients is a round of both).
-    paces = {role: (r["ends"][-1] - r["ends"][warm - 1]) / timed for role, r in roles.items()}
+    # The last batch is left out: with several clients it ends with the FedAvg round, a wait for all.
+    paces = {role: (r["ends"][-2] - r["ends"][warm - 1]) / (timed - 1) for role, r in roles.items()}
     per_side = {role: sum(r["compute_per_batch"][warm:]) / timed for role, r in roles.items()}
-    up, down = simulated_bytes(args.depth, cut, args.batch_size)
+    up, down, state = simulated_bytes(args.depth, cut, args.batch_size)
+    rounds = 1 if clients > 1 else 0  # one epoch: one FedAvg round
     return {
         "arm": arm, "cut": cut, "mode": mode, "clients": clients, "link": link,
         "wall_per_batch": max(paces.values()),
@@ -193,7 +200,8 @@ def summarize(run_dir: Path, arm: str, cut: str, mode: str, args: argparse.Names
         "server_compute": per_side["server"] / clients,
         "wire_payload_bytes": roles["server"]["wire_payload_bytes_received"]
         + sum(roles[f"client{i}"]["wire_payload_bytes_received"] for i in range(clients)),
-        "simulated_bytes": clients * args.batches * (up + (down if mode == "sl" else 0)),
+        "simulated_bytes": clients * (args.batches * (up + (down if mode == "sl" else 0)) + rounds * 2 * state),
+        "bytes_up_per_batch": up, "bytes_down_per_batch": down,
         "peak_rss_mib": {role: round(r["peak_rss_mib"]) for role, r in roles.items()},
         "saved_peak_mib": {role: round((r["saved_peak_bytes"] or 0) / 2**20, 1) for role, r in roles.items()},
         "depth": args.depth, "batches": args.batches,
@@ -207,6 +215,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=8, help="training batches per client (default 8)")
     parser.add_argument("--warmup", type=int, default=2, help="first batches not timed (default 2, at least 1)")
+    parser.add_argument("--repeat", type=int, default=1, help="a repeat's number: its runs go to --out/rep<N>")
     parser.add_argument("--cuts", nargs="+", default=list(CUTS))
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/split"))
@@ -215,6 +224,8 @@ def main() -> None:
     if args.worker:
         worker(json.loads(args.worker))
         return
+    if args.repeat > 1:
+        args.out = args.out / f"rep{args.repeat}"
     if args.report:
         rows = [summarize(args.out / f"{a}-{c}-{m}", a, c, m, args) for a in args.arms for c in args.cuts for m in MODES
                 if (args.out / f"{a}-{c}-{m}" / "server.json").exists()]  # fmt: skip
@@ -240,9 +251,15 @@ def main() -> None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown: per arm and cut, dsl and sl wall time, the ratio and its floor, bytes, memory."""
+    """Markdown: per arm and cut, dsl and sl wall time, the ratio and its floor, bytes, memory.
+
+    The floor is ``max(c, s) / (c + s)`` with the dsl run's per-side compute times; over an emulated link
+    it takes the plain arm's ``c`` and ``s`` (a dsl client's phase there includes waiting on its window)
+    and the link's transfer times ``u`` (up) and ``d`` (down, sl only) and latency ``l``:
+    ``max(c, s, u) / (c + s + u + d + 2 l)`` (dsl's upload overlaps compute; sl pays the round trip).
+    """
     lines = [
-        "| arm | cut | c s/batch | s s/batch | sl s/batch | dsl s/batch | dsl/sl | floor max(c,s)/(c+s) | ratio/floor"
+        "| arm | cut | c s/batch | s s/batch | sl s/batch | dsl s/batch | dsl/sl | floor | ratio/floor"
         " | wire = simulated bytes | peak RSS MiB (dsl) | saved peak MiB (dsl) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -252,13 +269,21 @@ def table(results: list[dict[str, Any]]) -> str:
         if dsl is None or sl is None:
             continue
         c, s = dsl["client_compute"], dsl["server_compute"]
-        floor = max(c, s) / (c + s)
+        plain = rows.get(("plain", cut, "dsl"))
+        if dsl["link"] and plain is not None:
+            c, s = plain["client_compute"], plain["server_compute"]
+            mbps, latency = (float(x) for x in dsl["link"].split(","))
+            u, d = (dsl[f"bytes_{k}_per_batch"] * 8 / (mbps * 1e6) for k in ("up", "down"))
+            floor = max(c, s, u) / (c + s + u + d + 2 * latency / 1000)
+        else:
+            floor = max(c, s) / (c + s)
         ratio = dsl["wall_per_batch"] / sl["wall_per_batch"]
         equal = all(r["wire_payload_bytes"] == r["simulated_bytes"] for r in (dsl, sl))
+        rss = ", ".join(f"{k} {v}" for k, v in sorted(dsl["peak_rss_mib"].items()))
+        saved = ", ".join(f"{k} {v}" for k, v in sorted(dsl["saved_peak_mib"].items()))
         lines.append(
             f"| {arm} | {cut} | {c:.2f} | {s:.2f} | {sl['wall_per_batch']:.2f} | {dsl['wall_per_batch']:.2f}"
-            f" | {ratio:.2f} | {floor:.2f} | {ratio / floor:.2f} | {'yes' if equal else 'NO'}"
-            f" | {dsl['peak_rss_mib']} | {dsl['saved_peak_mib']} |"
+            f" | {ratio:.2f} | {floor:.2f} | {ratio / floor:.2f} | {'yes' if equal else 'NO'} | {rss} | {saved} |"
         )
     return "\n".join(lines)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
@@ -143,3 +144,23 @@ def test_clients_study_table_has_the_gap_and_the_model_transfers(tmp_path: Path)
     assert "| dsl, 10 clients parallel, Dir(0.1) | 1 | 44.00 |" in text and "| 1.0 MiB | " in text
     assert text.count("| -6.00 |") == 1 and text.count("| -2.00 |") == 1
     assert (tmp_path / "clients_cifar10_shallow_pairs.png").stat().st_size > 10_000
+
+
+def test_split_wall_time_at_toy_size(tmp_path: Path) -> None:
+    """Both modes as real processes (torchrun) on ResNet-20: wall times, the floor, wire = simulated bytes."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "split_wall_time.py"
+    command = [sys.executable, str(script), "--depth", "20", "--batch-size", "16", "--batches", "4", "--warmup", "1",
+               "--arms", "plain", "--cuts", "shallow", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["arm"], r["cut"], r["mode"]) for r in results] == [
+        ("plain", "shallow", "dsl"),
+        ("plain", "shallow", "sl"),
+    ]
+    for row in results:
+        assert row["wire_payload_bytes"] == row["simulated_bytes"] > 0  # the wire carries what the Cut counts
+        assert row["wall_per_batch"] > 0 and row["client_compute"] > 0 and row["server_compute"] > 0
+    dsl, sl = results
+    assert sl["simulated_bytes"] > 1.9 * dsl["simulated_bytes"]  # sl's gradients come down too
+    assert "| plain | shallow |" in done.stdout

@@ -23,7 +23,7 @@ from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Arrival, Arrivals, Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
 from lightning_dsl.core.peek import batch_inputs, peek_inputs
-from lightning_dsl.core.split import split_network
+from lightning_dsl.core.split import named_cuts, split_network
 from lightning_dsl.core.step import StepOutput, split_step
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
 from lightning_dsl.trainer_glue import allow_partial_backward, refuse_trainer_flags, stage_loader
@@ -204,6 +204,7 @@ class DecoupledSplitModule(LightningModule):
                     f" {list_models()}, but got {network!r}."
                 )
             network = create_model(network, num_classes=num_classes)
+        self.cut_names = named_cuts(network)  # {"shallow": 19, ...}: what `lightning-dsl cuts` marks
         halves = split_network(network, split_index)
         self.client, self.server = halves.client, halves.server
         self.split_index, self.num_units = halves.split_index, halves.num_units

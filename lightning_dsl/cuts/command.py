@@ -27,7 +27,11 @@ USAGE = "lightning-dsl cuts --config CONFIG [--model.init_args.X=...] [options]"
 
 def parser() -> argparse.ArgumentParser:
     """The planner's own options; everything else goes to the training CLI (``--config``, overrides)."""
-    p = argparse.ArgumentParser(prog="lightning-dsl cuts", usage=USAGE, description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="lightning-dsl cuts",
+        usage=USAGE,
+        description="Every possible cut of the configured network, with its costs (the config and overrides of a fit).",
+    )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="print the table as CSV")
     out.add_argument("--json", action="store_true", help="print everything as JSON")
@@ -42,7 +46,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the planner on ``argv`` (``sys.argv[2:]`` from the console script); print and return 0."""
-    args, rest = parser().parse_known_args(sys.argv[2:] if argv is None else argv)
+    cli_parser = parser()
+    args, rest = cli_parser.parse_known_args(sys.argv[2:] if argv is None else argv)
+    if not any(arg.startswith(("--config", "--model")) for arg in rest):
+        cli_parser.error("pass --config CONFIG: the config a `lightning-dsl fit` would use (overrides may follow)")
     _check(args)
     from lightning_dsl.cli import main as cli_main
 

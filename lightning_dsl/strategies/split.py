@@ -316,7 +316,9 @@ class SplitStrategy(ParallelStrategy):
         model = self.lightning_module
         assert model is not None and self.transport is not None
         metrics = {
-            k: float(v) for k, v in model.trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1
+            k: float(v)
+            for k, v in model.trainer.callback_metrics.items()
+            if not isinstance(v, Tensor) or v.numel() == 1
         }
         return {"run": self.run_name, "metrics": metrics, **self.summary(merge=False)}
 
@@ -426,7 +428,10 @@ def run_group() -> str:
 
 def run_config(model: Any, trainer: Trainer, strategy: SplitStrategy) -> dict[str, Any]:
     """What every process of a split run must agree on (checked at start-up, mismatches named with both values)."""
-    count = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
+
+    def count(module: Any) -> int:
+        return sum(p.numel() for p in module.parameters())
+
     network = model.hparams.get("network")
     return {
         "network": network if isinstance(network, str) else type(model.client).__name__,

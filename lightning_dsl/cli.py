@@ -132,10 +132,20 @@ def _path(cls: type) -> str:
 
 
 def _root_message(err: BaseException) -> str:
-    """The message of the innermost error in ``err``'s chain of causes (the constructor's own)."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    return str(err)
+    """The constructor's own message: the innermost error in ``err``'s chain of causes.
+
+    For an argument typed as a union (the Trainer's ``strategy`` is a name or a ``Strategy``), jsonargparse lists
+    each alternative's error; the one that names an argument (``Expected argument `x` ...``) is the constructor's.
+    """
+    chain = [err]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)  # type: ignore[arg-type]
+    for error in chain:
+        for line in str(error).splitlines():
+            line = line.strip().removeprefix("- ")
+            if line.startswith(("Expected argument `", "Argument `")):
+                return line
+    return str(chain[-1])
 
 
 def main(args: list[str] | None = None, run: bool = True) -> DSLCLI:

@@ -93,3 +93,21 @@ def test_from_the_cli_each_process_logs_its_own_run_named_by_its_role(
     wandb = next(logger for logger in cli.trainer.loggers if isinstance(logger, WandbLogger))
     assert csv.name == "csv/client1"
     assert wandb._wandb_init["name"] == "client1" and wandb._wandb_init["group"] == "run-42"
+
+
+def test_a_bad_strategy_argument_from_the_cli_names_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, wandb_offline: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_dsl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    args = [
+        f"--config={config}",
+        "--trainer.strategy=lightning_dsl.strategies.SplitStrategy",
+        "--trainer.strategy.init_args.max_in_flight=0",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=args, run=False)
+    assert exit_info.value.code == 2
+    assert "error: Expected argument `max_in_flight` to be an int >= 1, but got 0." in capsys.readouterr().err

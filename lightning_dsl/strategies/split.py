@@ -473,6 +473,22 @@ def _check_clients(model: Any, trainer: Trainer, num_clients: int) -> None:
             f"Argument `client_schedule`={model.client_schedule!r} is not supported with strategy='split' (clients in"
             " separate processes train in parallel): use client_schedule='parallel'."
         )
+    if num_clients > 1:
+        # With several clients a process's steps differ from side to side (a client steps its optimizer once per own
+        # batch, the server once per client batch, and the clients' epochs have their own lengths): a count of steps
+        # or a fraction of an epoch would stop or validate the sides at different places.
+        if trainer.max_steps != -1:
+            raise ValueError(
+                f"Trainer argument `max_steps`={trainer.max_steps} is not supported with strategy='split' and"
+                f" {num_clients} clients (each side counts its own optimizer steps): use `max_epochs` and"
+                " `limit_train_batches` (batches per client and epoch)."
+            )
+        if trainer.val_check_interval != 1.0:
+            raise ValueError(
+                f"Trainer argument `val_check_interval`={trainer.val_check_interval!r} is not supported with"
+                f" strategy='split' and {num_clients} clients (the clients' epochs have different lengths): use"
+                " val_check_interval=1.0 and `check_val_every_n_epoch`."
+            )
 
 
 def _without_data(trainer: Trainer) -> None:

@@ -43,6 +43,12 @@ def test_num_clients_must_be_one_or_the_processes_count() -> None:
     _check_clients(model, trainer, 3)  # as many as processes: fine
     with pytest.raises(ValueError, match=r"`num_clients`=3 of the model does not match the processes: .* 2 clients"):
         _check_clients(model, trainer, 2)
+    with pytest.raises(ValueError, match=r"`max_steps`=10 is not supported with strategy='split' and 3 clients"):
+        _check_clients(model, Trainer(logger=False, max_steps=10), 3)
+    with pytest.raises(ValueError, match=r"`val_check_interval`=0.5 is not supported with strategy='split' and 3"):
+        _check_clients(model, Trainer(logger=False, val_check_interval=0.5), 3)
+    one = DecoupledSplitModule("small_cnn", split_index=2, input_shape=(1, 8, 8))
+    _check_clients(one, Trainer(logger=False, max_steps=10, val_check_interval=0.5), 1)  # one client: both fine
     sequential = DecoupledSplitModule("small_cnn", split_index=2, client_schedule="sequential", input_shape=(1, 8, 8))
     with pytest.raises(ValueError, match="`client_schedule`='sequential' is not supported with strategy='split'"):
         _check_clients(sequential, trainer, 1)

@@ -459,6 +459,7 @@ class DecoupledSplitModule(LightningModule):
                 inputs,
                 labels,
                 cut=self.cut,
+                # A server in its own process has one (unused) client optimizer, whatever client a batch came from.
                 client_optimizer=client_optimizers[min(index, len(client_optimizers) - 1)],
                 server_optimizer=server_optimizer,
                 criterion=self.criterion,

@@ -20,8 +20,9 @@ per cut: each unit is measured once and every cut is derived from the units.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -142,9 +143,9 @@ def plan_cuts(
         up = (codec.encode(z.detach()).nbytes / batch) + label_bytes
         down = grad_codec.encode(torch.zeros_like(z)).nbytes / batch
         client_dsl, client_sl, server_dsl, server_sl = _saved_at(storages, k, len(units))
+        z_bytes = z.numel() * z.element_size()  # what the server decodes, and the gradient that comes down
         if not isinstance(codec, IdentityCodec) and saves_input[k]:
-            server_sl += z.numel() * z.element_size()  # the server's decoded copy is a storage of its own
-        gradient_bytes = z.numel() * z.element_size()  # decoded to the activation's dtype
+            server_sl += z_bytes  # the server's decoded copy is a storage of its own
         c = sum(seconds[:k]) + head_seconds[k - 1]
         s = sum(seconds[k:])
         sl_seconds = dsl_seconds = None
@@ -163,9 +164,9 @@ def plan_cuts(
                 bytes_up=up,
                 bytes_down=down,
                 # sl's client backward multiplies z by the gradient that came down: one z-sized storage more.
-                saved_client_sl=client_sl + gradient_bytes,
+                saved_client_sl=client_sl + z_bytes,
                 saved_server_sl=server_sl,
-                saved_step_sl=max(client_sl + server_sl, client_sl + gradient_bytes),
+                saved_step_sl=max(client_sl + server_sl, client_sl + z_bytes),
                 saved_client_dsl=client_dsl,
                 saved_server_dsl=server_dsl,
                 saved_step_dsl=max(client_dsl, server_dsl),
@@ -190,15 +191,25 @@ def network_flops(units: Sequence[nn.Module], inputs: Tensor) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- measuring
+@contextlib.contextmanager
+def _state_kept(*modules: nn.Module) -> Iterator[None]:
+    """Run a measuring pass without leaving a trace: BatchNorm statistics restored, gradients cleared."""
+    states = [{k: v.clone() for k, v in module.state_dict().items()} for module in modules]
+    try:
+        yield
+    finally:
+        for module, state in zip(modules, states, strict=True):
+            module.load_state_dict(state)
+            module.zero_grad(set_to_none=True)
+
+
 @torch.no_grad()
 def _activations(units: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
-    """The input of every unit and the network's output: ``[x, u0(x), u1(u0(x)), ...]`` (BN statistics restored)."""
-    states = [{k: v.clone() for k, v in unit.state_dict().items()} for unit in units]
+    """The input of every unit and the network's output: ``[x, u0(x), u1(u0(x)), ...]``."""
     out = [inputs]
-    for unit in units:
-        out.append(unit(out[-1]))
-    for unit, state in zip(units, states, strict=True):
-        unit.load_state_dict(state)  # this pass moved BatchNorm's running statistics: undo it
+    with _state_kept(*units):
+        for unit in units:
+            out.append(unit(out[-1]))
     return out
 
 
@@ -209,47 +220,30 @@ def _forward_backward(unit: nn.Module, x: Tensor, input_grad: bool) -> None:
         out.backward(torch.ones_like(out))
 
 
-def _restoring(unit: nn.Module, run: Callable[[], None]) -> None:
-    state = {k: v.clone() for k, v in unit.state_dict().items()}
-    run()
-    unit.load_state_dict(state)
-    unit.zero_grad(set_to_none=True)
-
-
 def _flops(unit: nn.Module, x: Tensor, input_grad: bool) -> float:
-    counter = FlopCounterMode(display=False)
-
-    def run() -> None:
-        with counter:
-            _forward_backward(unit, x, input_grad)
-
-    _restoring(unit, run)
+    with _state_kept(unit), FlopCounterMode(display=False) as counter:
+        _forward_backward(unit, x, input_grad)
     return float(counter.get_total_flops())
 
 
 def _seconds(unit: nn.Module, x: Tensor, input_grad: bool) -> float:
-    timing: list[float] = []
-
-    def run() -> None:
-        _forward_backward(unit, x, input_grad)  # warm-up
-        _synchronize(x)
-        start = time.perf_counter()
-        _forward_backward(unit, x, input_grad)
-        _synchronize(x)
-        timing.append(time.perf_counter() - start)
-
-    _restoring(unit, run)
-    return timing[0]
+    with _state_kept(unit):
+        return _timed(lambda: _forward_backward(unit, x, input_grad), x)
 
 
 def _head_seconds(head: nn.Module, z: Tensor, labels: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> float:
     z = z.detach().requires_grad_()
-    criterion(head(z), labels).backward()  # warm-up
-    _synchronize(z)
+    with _state_kept(head):
+        return _timed(lambda: criterion(head(z), labels).backward(), z)
+
+
+def _timed(run: Callable[[], None], on: Tensor) -> float:
+    """Seconds of one ``run()`` after a warm-up one (synchronized on ``on``'s device)."""
+    run()
+    _synchronize(on)
     start = time.perf_counter()
-    criterion(head(z), labels).backward()
-    _synchronize(z)
-    head.zero_grad(set_to_none=True)
+    run()
+    _synchronize(on)
     return time.perf_counter() - start
 
 
@@ -281,9 +275,8 @@ def _saved_storages(
             entry.savers.add(current[0])
         return tensor
 
-    states = [{k: v.clone() for k, v in unit.state_dict().items()} for unit in units]
     alive: list[Tensor] = []  # every output stays alive until the end: no storage is freed and reused
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with _state_kept(*units), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         x = inputs
         for i, unit in enumerate(units):
             current[0] = i
@@ -296,8 +289,6 @@ def _saved_storages(
             for mode, head_input in (("dsl", z), ("sl", z.detach())):
                 current[0] = ("head", k, mode)
                 alive.append(criterion(head(head_input), labels))
-    for unit, state in zip(units, states, strict=True):
-        unit.load_state_dict(state)
     # Whether the server's first unit keeps the cut activation itself (then a lossy codec's decoded copy,
     # a storage of its own on the server, is saved in its place).
     saves_input = {

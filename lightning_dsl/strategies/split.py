@@ -45,7 +45,6 @@ from lightning_dsl.distributed import (
     Transport,
     TransportError,
     handshake,
-    peer_name,
     process_group_timeout,
 )
 from lightning_dsl.distributed.cut import WireCut
@@ -528,4 +527,4 @@ def _exit_now(code: int) -> None:
 
 
 SplitStrategy.register_strategies(StrategyRegistry)
-__all__ = ["SERVER_ORDERS", "SplitStrategy", "peer_name", "process_name", "run_config", "run_group"]
+__all__ = ["SERVER_ORDERS", "SplitStrategy", "process_name", "run_config", "run_group"]

@@ -28,6 +28,7 @@ The worker (what each process runs) is this script too, under torchrun (``RANK``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,17 +84,11 @@ def worker(options: dict[str, Any]) -> None:
         def setup(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
             pl_module.add_phase_hook(self.phase)
 
-        def phase(self, side: str) -> Any:
-            clock = self
-
-            class _Timed:
-                def __enter__(self) -> None:
-                    self.t = time.perf_counter()
-
-                def __exit__(self, *exc: Any) -> None:
-                    clock.phase_seconds.append(time.perf_counter() - self.t)
-
-            return _Timed()
+        @contextlib.contextmanager
+        def phase(self, side: str) -> Iterator[None]:
+            start = time.perf_counter()
+            yield
+            self.phase_seconds.append(time.perf_counter() - start)
 
         def on_train_batch_start(self, *args: Any) -> None:
             self.starts.append(time.time())

@@ -23,6 +23,7 @@ from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
 from lightning_dsl.core.cut import Arrival, Arrivals, Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
 from lightning_dsl.core.peek import batch_inputs, peek_inputs
+from lightning_dsl.core.sequence import Activation, MaskedSequence, example_inputs, values_of
 from lightning_dsl.core.split import named_cuts, split_network
 from lightning_dsl.core.step import StepOutput, split_step
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
@@ -251,12 +252,16 @@ class DecoupledSplitModule(LightningModule):
     def _build_aux_head(self, input_shape: Sequence[int]) -> None:
         """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
         z = self._probe_cut_activation(input_shape)
-        self._check_codecs(z.dtype)
-        head = build_aux_head(self._aux_head_spec, z.shape[1:], self.num_classes, **self._aux_head_kwargs)
+        values = values_of(z)
+        self._check_codecs(values.dtype)
+        sequence = isinstance(z, MaskedSequence)
+        head = build_aux_head(
+            self._aux_head_spec, values.shape[1:], self.num_classes, **self._aux_head_kwargs, sequence=sequence
+        )
         if isinstance(self._aux_head_spec, str):  # a built-in head follows the network's device and dtype
-            head = head.to(device=z.device, dtype=z.dtype if z.is_floating_point() else None)
+            head = head.to(device=values.device, dtype=values.dtype if values.is_floating_point() else None)
         check_aux_head(head, z, self.num_classes)
-        self.aux_head = head.to(z.device)
+        self.aux_head = head.to(values.device)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
         self._aux_head_built = True
@@ -289,7 +294,7 @@ class DecoupledSplitModule(LightningModule):
             check_codec_dtype(self.cut.grad_codec, dtype, "grad_codec")
 
     @torch.no_grad()
-    def _probe_cut_activation(self, input_shape: Sequence[int]) -> Tensor:
+    def _probe_cut_activation(self, input_shape: Sequence[int]) -> Activation:
         """Run the client on a dummy batch of 2 in eval mode: no BatchNorm statistic moves."""
         parameter = next(self.client.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
@@ -297,7 +302,7 @@ class DecoupledSplitModule(LightningModule):
         was_training = self.client.training
         self.client.eval()
         try:
-            return self.client(torch.zeros(2, *input_shape, device=device, dtype=dtype))
+            return self.client(example_inputs(self.client[0], input_shape, 2, device, dtype))
         except Exception as err:
             raise ValueError(
                 f"The client (units [0, {self.split_index}) of the network) cannot run on inputs of shape"
@@ -495,7 +500,7 @@ class DecoupledSplitModule(LightningModule):
         loss = logged.get("loss", logged.get("aux_loss"))
         return {**logged, "loss": loss, "feedback": any(out.feedback for out in outs)}
 
-    def _step_entries(self, batch: Any) -> Iterator[tuple[int, Tensor | None, Tensor | None, float | None]]:
+    def _step_entries(self, batch: Any) -> Iterator[tuple[int, Activation | None, Tensor | None, float | None]]:
         """``(client, inputs, labels, feedback weight)`` per client batch of a training step.
 
         On a server whose clients are other processes the batch is :class:`~lightning_dsl.core.cut.Arrivals`:

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import Tensor
 
 from lightning_dsl.core.clients import client_entries
 from lightning_dsl.core.cut import Arrival, Arrivals
+from lightning_dsl.core.sequence import is_inputs
 
 PREFIX = "throughput/"
 
@@ -23,7 +23,7 @@ def default_batch_size(batch: Any) -> int:
     A batch of many clients (one ``(inputs, labels)`` pair or ``None`` per client) counts every client's samples;
     on a server whose clients are other processes, the samples that arrived for the step.
     """
-    if isinstance(batch, Tensor):
+    if is_inputs(batch):  # a tensor, or token ids with their mask
         return int(batch.shape[0])
     if isinstance(batch, (Arrival, Arrivals)):  # a server in its own process: what arrived at the cut
         return batch.samples

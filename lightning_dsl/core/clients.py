@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.fedavg import client_state, fedavg, load_client_state
+from lightning_dsl.core.sequence import Activation, is_inputs
 
 CLIENT_SCHEDULES = ("parallel", "sequential")
 """``"parallel"``: every client has its own client half and head, averaged (FedAvg) every few epochs
@@ -54,7 +55,7 @@ def check_client_args(num_clients: Any, client_schedule: Any, aggregate_every: A
         )
 
 
-def client_batches(batch: Any, num_clients: int, schedule: str) -> list[tuple[int, Tensor, Tensor]]:
+def client_batches(batch: Any, num_clients: int, schedule: str) -> list[tuple[int, Activation, Tensor]]:
     """Return the ``(client, inputs, labels)`` of a training batch, in client order.
 
     With one client a batch is ``(inputs, labels, ...)`` as usual. With ``num_clients = N > 1`` it is a
@@ -113,7 +114,7 @@ def client_entries(batch: Any) -> list[Any] | None:
         >>> len(client_entries([None, (x, x), (x, x)])), client_entries((x, x))
         (2, None)
     """
-    if not isinstance(batch, (list, tuple)) or not batch or isinstance(batch[0], Tensor):
+    if not isinstance(batch, (list, tuple)) or not batch or is_inputs(batch[0]):
         return None
     entries = [entry for entry in batch if entry is not None]
     if entries and all(isinstance(entry, (list, tuple)) for entry in entries):
@@ -122,7 +123,7 @@ def client_entries(batch: Any) -> list[Any] | None:
 
 
 def _is_pair(entry: Any) -> bool:
-    return isinstance(entry, (list, tuple)) and len(entry) >= 2 and isinstance(entry[0], Tensor)
+    return isinstance(entry, (list, tuple)) and len(entry) >= 2 and is_inputs(entry[0])
 
 
 def average(clients: Sequence[ClientPair], weights: Sequence[float], cut: Cut, into: ClientPair) -> None:

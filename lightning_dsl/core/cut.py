@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from torch import Tensor
 
 from lightning_dsl.core.codecs import Codec, Payload, get_codec
+from lightning_dsl.core.sequence import Activation, MaskedSequence, values_of
 
 
 @dataclass
@@ -160,28 +161,33 @@ class Cut:
 
     # ------------------------------------------------------------------ up: activations and labels
     def send_up(
-        self, activations: Tensor, labels: Tensor, client: int = 0, reply: bool = False
-    ) -> tuple[Tensor, Tensor]:
+        self, activations: Activation, labels: Tensor, client: int = 0, reply: bool = False
+    ) -> tuple[Activation, Tensor]:
         """Client to server: the cut activations (detached from the client's graph) and the labels.
 
-        ``reply``: the client will wait for this batch's gradient (:meth:`receive_down`). Returns what
-        the server receives.
+        A :class:`~lightning_dsl.core.sequence.MaskedSequence` sends its values through the codec and its
+        padding mask exact (``bool``), counted with the rest. ``reply``: the client will wait for this batch's
+        gradient (:meth:`receive_down`). Returns what the server receives.
         """
         assert isinstance(self.codec, Codec)
-        payload = self.codec.encode(activations.detach())
-        label_payload = Payload((labels,), labels.dtype, labels.shape)
-        parcel = self.transmit(Parcel("batch", (payload, label_payload), reply=reply), client)
+        payloads = [self.codec.encode(values_of(activations).detach())]
+        if isinstance(activations, MaskedSequence):
+            payloads.append(_exact(activations.mask))
+        payloads.append(_exact(labels))
+        parcel = self.transmit(Parcel("batch", tuple(payloads), reply=reply), client)
         return self._arrived_up(parcel, client)
 
-    def receive_up(self, client: int = 0) -> tuple[Tensor, Tensor]:
+    def receive_up(self, client: int = 0) -> tuple[Activation, Tensor]:
         """Server of a client in another process: the activations and labels that client sent up."""
         return self._arrived_up(self.transmit(Parcel("batch"), client), client)
 
-    def _arrived_up(self, parcel: Parcel, client: int) -> tuple[Tensor, Tensor]:
+    def _arrived_up(self, parcel: Parcel, client: int) -> tuple[Activation, Tensor]:
         assert isinstance(self.codec, Codec)
         self._count(client, bytes_up=parcel.nbytes, messages_up=1)
-        payload, label_payload = parcel.payloads
-        return self.codec.decode(payload), label_payload.tensors[0]
+        payload, *mask, label_payload = parcel.payloads  # a sequence's mask sits between values and labels
+        values = self.codec.decode(payload)
+        activations = MaskedSequence(values, mask[0].tensors[0]) if mask else values
+        return activations, label_payload.tensors[0]
 
     # ------------------------------------------------------------------ down: the gradient at the cut
     def send_down(self, gradient: Tensor, client: int = 0) -> Tensor:
@@ -242,6 +248,11 @@ class Cut:
         return parcel
 
 
+def _exact(tensor: Tensor) -> Payload:
+    """A tensor that crosses as it is (labels, a padding mask, a state's entry): no codec."""
+    return Payload((tensor.detach(),), tensor.dtype, tensor.shape)
+
+
 def _state_parcel(kind: str, state: Mapping[str, Tensor], weight: int = 0) -> Parcel:
-    payloads = tuple(Payload((t.detach(),), t.dtype, t.shape) for t in state.values())
+    payloads = tuple(_exact(t) for t in state.values())
     return Parcel(kind, payloads, tuple(state), weight=weight)

@@ -9,6 +9,11 @@ Built-in heads take the cut activation ``z`` of shape ``(N, C, H, W)`` (or ``(N,
 * ``"conv"``: a 3x3 conv + BatchNorm + ReLU block at the cut's width before the pooling and
   the linear layer (as in greedy layer-wise training).
 
+When the cut activation is a sequence with its padding mask
+(:class:`~lightning_dsl.core.sequence.MaskedSequence`, a transformer's hidden states ``(N, T, D)``),
+``"linear"`` and ``"mlp"`` pool by the mean over each sequence's real tokens (:class:`MaskedMeanPool`)
+instead of the average pool; ``"conv"`` does not apply.
+
 A user's own ``nn.Module`` is used as it is, after a check that it accepts ``z`` and returns
 ``(N, num_classes)`` logits.
 """
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from lightning_dsl.core.sequence import Activation, MaskedSequence, masked_mean
 
 HEADS = ("linear", "mlp", "conv")
 HEAD_OPTIONS = ("pool", "hidden")
@@ -42,6 +49,13 @@ class PoolFlatten(nn.Module):
         return f"pool={self.pool}"
 
 
+class MaskedMeanPool(nn.Module):
+    """Mean over the real tokens of each sequence: ``MaskedSequence`` ``(N, T, D)`` to ``(N, D)``."""
+
+    def forward(self, z: MaskedSequence) -> Tensor:  # noqa: D102
+        return masked_mean(z.values, z.mask)
+
+
 def _pooled_features(shape: torch.Size, pool: int) -> int:
     """Number of features after :class:`PoolFlatten` for a per-sample ``shape``."""
     if len(shape) == 1:
@@ -59,15 +73,18 @@ def build_aux_head(
     num_classes: int,
     pool: int = 1,
     hidden: int = 256,
+    sequence: bool = False,
 ) -> nn.Module:
     """Build the auxiliary head for cut activations of per-sample shape ``activation_shape``.
 
     Args:
         spec: ``"linear"``, ``"mlp"``, ``"conv"`` or an ``nn.Module``.
-        activation_shape: shape of one sample of ``z`` (without the batch dimension).
+        activation_shape: shape of one sample of ``z`` (without the batch dimension); for a sequence
+            ``(T, D)``, of which only ``D`` matters.
         num_classes: number of classes the head predicts.
         pool: side of the average-pooling grid (1: global average pooling; 0: no pooling).
         hidden: hidden width of the ``"mlp"`` head.
+        sequence: ``z`` is a :class:`~lightning_dsl.core.sequence.MaskedSequence`: pool by the masked mean.
 
     Raises:
         ValueError: for an unknown head name or bad options.
@@ -81,6 +98,8 @@ def build_aux_head(
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise ValueError(f"Expected `aux_head_kwargs['hidden']` to be a positive int, got {hidden!r}.")
     shape = torch.Size(activation_shape)
+    if sequence:
+        return _sequence_head(spec, shape, num_classes, pool, hidden)
     features = _pooled_features(shape, pool)
     if spec == "linear":
         return nn.Sequential(PoolFlatten(pool), nn.Linear(features, num_classes))
@@ -103,7 +122,31 @@ def build_aux_head(
     )
 
 
-def check_aux_head(aux_head: nn.Module, z: Tensor, num_classes: int) -> None:
+def _sequence_head(spec: str, shape: torch.Size, num_classes: int, pool: int, hidden: int) -> nn.Module:
+    """A head on a sequence's hidden states ``(T, D)`` per sample: masked mean over the tokens, then the layers."""
+    if len(shape) != 2:
+        raise ValueError(
+            f"Expected a sequence cut activation of per-sample shape (length, features), got {tuple(shape)}."
+        )
+    if spec == "conv":
+        raise ValueError(
+            "Expected argument `aux_head` to be 'linear', 'mlp' or an nn.Module for a sequence cut activation"
+            f" (per-sample shape {tuple(shape)}, with a padding mask), got 'conv', which needs images (C, H, W)."
+        )
+    if pool != 1:
+        raise ValueError(
+            f"Expected `aux_head_kwargs['pool']` to be 1 for a sequence cut activation (the mean over each sequence's"
+            f" real tokens; sequences have no fixed length to flatten or grid to pool to), got {pool!r}."
+        )
+    features = shape[1]
+    if spec == "linear":
+        return nn.Sequential(MaskedMeanPool(), nn.Linear(features, num_classes))
+    return nn.Sequential(
+        MaskedMeanPool(), nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+    )
+
+
+def check_aux_head(aux_head: nn.Module, z: Activation, num_classes: int) -> None:
     """Check that ``aux_head`` maps the cut activation ``z`` to ``(N, num_classes)`` logits.
 
     Runs one forward in eval mode without gradients, so no BatchNorm statistics move.

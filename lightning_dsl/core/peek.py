@@ -17,10 +17,10 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_dsl.core.clients import client_entries
+from lightning_dsl.core.sequence import Activation, is_inputs
 
 try:  # NumPy is optional for torch; random transforms may draw from it
     import numpy as np
@@ -28,20 +28,22 @@ except ImportError:  # pragma: no cover
     np = None  # type: ignore[assignment]
 
 
-def batch_inputs(batch: Any) -> Tensor | None:
-    """The inputs of a batch that is a tensor alone or a sequence ``(inputs, labels, ...)``.
+def batch_inputs(batch: Any) -> Activation | None:
+    """The inputs of a batch that is inputs alone or a sequence ``(inputs, labels, ...)``.
+
+    Inputs are a tensor or a :class:`~lightning_dsl.core.sequence.MaskedSequence` (token ids and their mask).
 
     A batch of many clients (one ``(inputs, labels)`` pair or ``None`` per client) gives its first client's inputs.
     """
-    if isinstance(batch, Tensor):
+    if is_inputs(batch):
         return batch
-    if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], Tensor):
+    if isinstance(batch, (list, tuple)) and batch and is_inputs(batch[0]):
         return batch[0]
     entries = client_entries(batch)
     return batch_inputs(entries[0]) if entries else None
 
 
-def peek_inputs(loader: Iterable[Any]) -> Tensor | None:
+def peek_inputs(loader: Iterable[Any]) -> Activation | None:
     """The inputs of the first sample of ``loader`` (a batch of one for a ``DataLoader``), or ``None``.
 
     ``None`` when the loader is a one-shot iterator (peeking would consume it), is empty, or its

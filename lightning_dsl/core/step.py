@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_dsl.core.cut import Cut
+from lightning_dsl.core.sequence import Activation, replace_values, values_of
 
 
 class Optimizer(Protocol):
@@ -83,24 +84,25 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def scale_grad(tensor: Tensor, scale: float) -> Tensor:
-    """``tensor`` in the forward pass; its gradient times ``scale`` in the backward pass.
+def scale_grad(activation: Activation, scale: float) -> Activation:
+    """``activation`` in the forward pass; its gradient times ``scale`` in the backward pass.
 
-    ``scale == 1`` returns ``tensor`` and ``scale == 0`` a detached copy, so the two limits
-    are exactly "full gradient" and "no gradient".
+    ``scale == 1`` returns ``activation`` and ``scale == 0`` a detached copy, so the two limits
+    are exactly "full gradient" and "no gradient". A :class:`~lightning_dsl.core.sequence.MaskedSequence`
+    has its ``values`` scaled and keeps its mask.
     """
     if scale == 1.0:
-        return tensor
+        return activation
     if scale == 0.0:
-        return tensor.detach()
-    return _ScaleGrad.apply(tensor, scale)
+        return activation.detach()
+    return replace_values(activation, _ScaleGrad.apply(values_of(activation), scale))
 
 
 def split_step(
     client: nn.Module,
     server: nn.Module,
     aux_head: nn.Module,
-    inputs: Tensor | None,
+    inputs: Activation | None,
     labels: Tensor | None,
     *,
     cut: Cut,
@@ -195,7 +197,7 @@ class _Step:
     def runs_server(self) -> bool:
         return "server" in self.cut.sides
 
-    def decoupled(self, inputs: Tensor | None, labels: Tensor | None) -> StepOutput:
+    def decoupled(self, inputs: Activation | None, labels: Tensor | None) -> StepOutput:
         """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
         aux_loss = aux_logits = loss = logits = arrived = None
         if self.runs_client:
@@ -215,7 +217,7 @@ class _Step:
         assert arrived is not None
         return _output(loss, aux_loss, logits, aux_logits, arrived[1], False)
 
-    def with_feedback(self, inputs: Tensor | None, labels: Tensor | None, weight: float) -> StepOutput:
+    def with_feedback(self, inputs: Activation | None, labels: Tensor | None, weight: float) -> StepOutput:
         """Server first; its gradient at the cut comes down and weighs ``weight`` in the client's update."""
         aux_loss = aux_logits = loss = logits = arrived = gradient = None
         if self.runs_client:
@@ -240,26 +242,27 @@ class _Step:
                     gradient = weight * gradient
                 # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
                 # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
-                self.backward(self._scaled(aux_loss + (z * gradient).sum()))
+                self.backward(self._scaled(aux_loss + (values_of(z) * gradient).sum()))
                 self._step(self.client_optimizer)
         assert arrived is not None
         return _output(loss, aux_loss, logits, aux_logits, arrived[1], True)
 
-    def _server(self, z_up: Tensor, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _server(self, z_up: Activation, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """The server's step on what arrived; with ``feedback`` the gradient at the cut is sent down (and returned)."""
         with self.phase("server"):
             self._zero_grad(self.server_optimizer)
-            z_server = z_up.detach().requires_grad_() if feedback else z_up
-            logits = self.server(z_server)
+            # With feedback the server needs d(loss)/dz: the activation (a sequence's values) becomes a leaf.
+            leaf = values_of(z_up).detach().requires_grad_() if feedback else None
+            logits = self.server(replace_values(z_up, leaf) if leaf is not None else z_up)
             loss = self.criterion(logits, labels_up)
             self.backward(self._scaled(loss))
             self._step(self.server_optimizer)
-            if not feedback:
+            if leaf is None:
                 return loss, logits, None
-            assert z_server.grad is not None
+            assert leaf.grad is not None
             # What goes down is the gradient of the server's own loss, whatever the accumulation.
-            gradient = z_server.grad if self.loss_scale == 1.0 else z_server.grad / self.loss_scale
-            del z_server
+            gradient = leaf.grad if self.loss_scale == 1.0 else leaf.grad / self.loss_scale
+            del leaf
             return loss, logits, self.cut.send_down(gradient, self.client_index)
 
 

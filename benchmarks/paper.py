@@ -11,6 +11,7 @@ continues where it stopped, and the report can be rebuilt from the runs alone (`
     python benchmarks/paper.py --protocol cpu --report-only
     python benchmarks/paper.py --protocol cpu --report-only --studies paper heads --publish docs/results.md
     python benchmarks/paper.py --protocol cpu --studies clients --seeds 0 1  # many clients, IID and non-IID
+    python benchmarks/paper.py --studies text --datasets sst2 --seeds 0 1 --out benchmarks/out/text  # transformer
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside it
 from benchmarks.report import publish, report  # noqa: E402
-from benchmarks.studies import CUTS, MODES, STUDIES, Variant  # noqa: E402
+from benchmarks.studies import CUTS, DATASETS, MODES, STUDIES, Variant  # noqa: E402
 
 SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
@@ -75,15 +76,19 @@ def command(args: argparse.Namespace, dataset: str, cut: str, variant: Variant, 
     if not args.dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "runner.yaml").write_text(yaml.safe_dump(overlay))
-    cmd = [sys.executable, "-m", "lightning_dsl", "fit", "--config", str(REPO / f"configs/{dataset}_resnet110.yaml")]
-    if args.protocol == "cpu":
-        cmd += ["--config", str(REPO / "configs/paper/cpu.yaml")]
+    data = DATASETS[dataset]
+    # With a test split apart from validation the run is tested after fit, in the same process (one summary).
+    run = [str(REPO / "benchmarks" / "fit_then_test.py")] if data.test else ["-m", "lightning_dsl", "fit"]
+    cmd = [sys.executable, *run, "--config", str(REPO / data.config)]
+    if args.protocol == "cpu" and data.cpu_overlay:
+        cmd += ["--config", str(REPO / data.cpu_overlay)]
     cmd += ["--config", str(run_dir / "runner.yaml")]
     cmd += [f"--model.init_args.mode={variant.mode}", f"--model.init_args.split_index={cut}"]
     cmd += [f"--seed_everything={seed}", *variant.overrides]
     cmd += [f"--data.init_args.seed={seed}"]
-    if args.root:
-        cmd += [f"--data.init_args.root={args.root}"]
+    root = args.root or (data.cpu_root if args.protocol == "cpu" else None)
+    if root:
+        cmd += [f"--data.init_args.root={root}"]
     cmd += args.extra
     return cmd
 
@@ -130,12 +135,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--studies", nargs="+", default=["paper"], choices=list(STUDIES))
-    parser.add_argument("--datasets", nargs="+", default=["cifar10"], choices=["cifar10", "cifar100"])
+    parser.add_argument("--datasets", nargs="+", default=["cifar10"], choices=list(DATASETS))
     parser.add_argument("--cuts", nargs="+", default=list(CUTS), choices=CUTS)
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--arms", nargs="+", default=None, help="only these arms of the studies (e.g. dsl_conv)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--root", default=None, help="data root (cpu protocol default: data/cifar10-jpg)")
+    parser.add_argument(
+        "--root", default=None, help="data root (cpu protocol: the dataset's default)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/out/paper-<protocol>")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--publish", type=Path, default=None, help="also put the tables into this markdown file")
@@ -143,16 +150,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true", help="rebuild the table and plots from the runs")
     parser.add_argument("extra", nargs="*", help="more CLI overrides for every run, after --")
     args = parser.parse_args(argv)
-    if args.root is None and args.protocol == "cpu":
-        args.root = str(REPO / "data" / "cifar10-jpg")
     args.out = args.out or REPO / "benchmarks" / "out" / f"paper-{args.protocol}"
     if args.dry_run:
         sweep(args)  # prints the commands, writes nothing
         return
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        if args.protocol == "cpu" and args.root:
-            ensure_jpeg_copy(Path(args.root))
+        if args.protocol == "cpu" and "cifar10" in args.datasets:
+            ensure_jpeg_copy(Path(args.root) if args.root else REPO / DATASETS["cifar10"].cpu_root)
         sweep(args)
     markdown, images = report(args.out, args.studies)
     if args.publish and markdown:

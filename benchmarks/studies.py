@@ -13,6 +13,27 @@ MODES = ("sl", "dsl")
 
 
 @dataclass(frozen=True)
+class Dataset:
+    """What a study runs on: the config, the CPU protocol's overlay and default data root, and its test split.
+
+    ``test``: the data have a labelled test split apart from validation, so each run is tested after fit
+    (``test/*`` in its summary); CIFAR validates on its test split and needs no second pass.
+    """
+
+    config: str
+    cpu_overlay: str | None = None
+    cpu_root: str | None = None
+    test: bool = False
+
+
+DATASETS = {
+    "cifar10": Dataset("configs/cifar10_resnet110.yaml", "configs/paper/cpu.yaml", "data/cifar10-jpg"),
+    "cifar100": Dataset("configs/cifar100_resnet110.yaml", "configs/paper/cpu.yaml", "data/cifar10-jpg"),
+    "sst2": Dataset("configs/sst2_transformer.yaml", test=True),
+}
+
+
+@dataclass(frozen=True)
 class Variant:
     """One arm of a study: a name (no '-'), the mode and the CLI overrides that make it."""
 
@@ -56,6 +77,7 @@ def _clients(mode: str, clients: int, partition: str, schedule: str = "parallel"
 
 
 DSL_POOL2 = _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2)
+DSL_MLP = _head("dsl_mlp", "mlp", "dsl, mlp head")
 _NO_SCHEDULE = ("--model.init_args.client_lr_scheduler=null", "--model.init_args.server_lr_scheduler=null")
 
 # What each study sweeps, and at which cuts. Every study shares the sl and dsl arms of the paper study,
@@ -69,7 +91,7 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
             DSL,
             DSL_POOL2,
             _head("dsl_pool4", "linear", "dsl, linear head (pool 4)", pool=4),
-            _head("dsl_mlp", "mlp", "dsl, mlp head"),
+            DSL_MLP,
             _head("dsl_conv", "conv", "dsl, conv head"),
             Variant(
                 "dsl_pool4_headlr",
@@ -100,6 +122,9 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
             *[_clients(mode, 10, "iid", "sequential") for mode in ("sl", "dsl")],
         ),
     ),
+    # A transformer on text (SST-2): sl and dsl at the three cuts, and the mlp head (the image studies' best heads
+    # pool a spatial grid, which a sequence does not have; the mlp is the other built-in head that applies).
+    "text": (CUTS, (SL, Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)"), DSL_MLP)),
     # The same recipe without the learning-rate schedule (constant lr 0.1), as the issue's first measurement.
     "recipe": (
         ("shallow",),

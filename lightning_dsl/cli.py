@@ -30,6 +30,8 @@ from lightning_dsl.module import DecoupledSplitModule
 from lightning_dsl.strategies.split import SplitStrategy, process_name, run_group
 
 RUNS_DIR = "runs"
+NETWORK_LINKS = ("num_classes", "vocab_size", "max_length")
+"""Data module attributes linked to the same-named arguments of a network given by class path (when both exist)."""
 
 
 class DSLCLI(LightningCLI):
@@ -37,6 +39,8 @@ class DSLCLI(LightningCLI):
 
     * ``data.num_classes`` reaches the model (``link_arguments``), so it is never set twice by hand; the
       auxiliary head is built at ``setup`` from the data module's ``input_shape`` (or its first batch).
+    * A network given by class path gets the data module's ``num_classes``, ``vocab_size`` and ``max_length``
+      for its arguments of those names (a link is skipped where either side lacks the name).
     * The data module's ``num_clients`` (1 for a data module without one) is the model's: the data decide
       how many clients there are (``--data.init_args.num_clients=10``); the model's ``client_schedule``
       tells the package's data modules how to serve them.
@@ -49,6 +53,9 @@ class DSLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.num_clients", compute_fn=_num_clients, apply_on="instantiate")
+        # A network given by class path whose size the data decide (the text transformer's vocabulary and positions).
+        for name in NETWORK_LINKS:
+            parser.link_arguments(f"data.{name}", f"model.init_args.network.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(PartitionMonitor, "partition")
         parser.add_lightning_class_args(CommunicationMonitor, "communication")
         parser.add_lightning_class_args(PeakMemoryMonitor, "memory")

@@ -15,7 +15,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -25,6 +25,9 @@ from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_dsl.core.sequence import MaskedSequence
+from lightning_dsl.data.buckets import BucketBatchSampler
 
 PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
 SPECIAL_TOKENS = (PAD, UNK, CLS)  # in id order: [PAD] = 0, [UNK] = 1, [CLS] = 2
@@ -169,7 +172,7 @@ class TokenizedDataset(Dataset):
         return self.ids[index], self.labels[index]
 
 
-def collate(batch: Sequence[tuple[list[int], int]], pad_id: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def collate(batch: Sequence[tuple[list[int], int]], pad_id: int = 0) -> tuple[MaskedSequence, Tensor]:
     """Pad a batch to its longest sequence.
 
     Args:
@@ -177,13 +180,14 @@ def collate(batch: Sequence[tuple[list[int], int]], pad_id: int = 0) -> tuple[Te
         pad_id: the id written after the end of the shorter sequences.
 
     Returns:
-        ``input_ids`` (``LongTensor [B, T]``), ``attention_mask`` (``BoolTensor [B, T]``, True on real tokens) and
-        ``labels`` (``LongTensor [B]``), with ``T`` the length of the longest sequence in the batch.
+        ``(inputs, labels)``: the inputs a :class:`~lightning_dsl.core.sequence.MaskedSequence` of the token ids
+        (``values``, ``LongTensor [B, T]``) and the attention mask (``mask``, ``BoolTensor [B, T]``, True on real
+        tokens), ``T`` the length of the longest sequence in the batch; the labels a ``LongTensor [B]``.
 
     Example::
 
-        >>> ids, mask, y = collate([([2, 7, 8], 1), ([2, 9], 0)])
-        >>> ids.tolist(), mask.tolist(), y.tolist()
+        >>> inputs, y = collate([([2, 7, 8], 1), ([2, 9], 0)])
+        >>> inputs.values.tolist(), inputs.mask.tolist(), y.tolist()
         ([[2, 7, 8], [2, 9, 0]], [[True, True, True], [True, True, False]], [1, 0])
     """
     length = max(len(ids) for ids, _ in batch)
@@ -193,7 +197,7 @@ def collate(batch: Sequence[tuple[list[int], int]], pad_id: int = 0) -> tuple[Te
         input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         mask[row, : len(ids)] = True
     labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-    return input_ids, mask, labels
+    return MaskedSequence(input_ids, mask), labels
 
 
 class TextDataModule(LightningDataModule):
@@ -207,8 +211,9 @@ class TextDataModule(LightningDataModule):
 
     Sequences longer than ``max_length`` tokens (``[CLS]`` included) are **truncated** to their first
     ``max_length`` tokens. Batches are padded to their longest sequence (at most ``max_length``) and are
-    ``(input_ids, attention_mask, labels)``: ``LongTensor [B, T]``, ``BoolTensor [B, T]`` (True on real tokens)
-    and ``LongTensor [B]``.
+    ``(inputs, labels)``: ``inputs`` a :class:`~lightning_dsl.core.sequence.MaskedSequence` of the token ids
+    (``values``, ``LongTensor [B, T]``) and the attention mask (``mask``, ``BoolTensor [B, T]``, True on real
+    tokens), ``labels`` a ``LongTensor [B]``. ``input_shape`` is ``(max_length,)``, the longest input.
 
     Labels are integers ``0 .. num_classes - 1``; ``num_classes`` is 2 for the ``"sst2"`` preset and otherwise
     ``max(label) + 1`` over the training split, known after ``setup``. ``vocab_size`` is the requested size until
@@ -232,6 +237,11 @@ class TextDataModule(LightningDataModule):
         batch_size: batch size for all splits.
         num_workers: DataLoader worker processes (the batches are cheap: 0 is usually fastest).
         seed: seeds the order of the training batches.
+        bucket_pool: ``0``: shuffled training batches. ``k >= 1``: batches of similar lengths
+            (:class:`~lightning_dsl.data.buckets.BucketBatchSampler`): the shuffled examples are sorted by length
+            in pools of ``k`` batches' worth, cut into batches, and the batches shuffled; far less padding (SST-2
+            with ``k = 100``: 1.1 padded positions per real token instead of 3.6). Validation and test keep the
+            file order.
         lowercase: lower-case (and strip accents from) the text before tokenizing.
         cache_dir: where to cache the tokenizer; ``None`` for ``<root>/.cache`` or ``~/.cache/lightning_dsl``.
 
@@ -244,8 +254,8 @@ class TextDataModule(LightningDataModule):
 
         dm = TextDataModule(root="../shared/data/sst2", max_length=64, batch_size=64)
         dm.setup("fit")
-        input_ids, attention_mask, labels = next(iter(dm.train_dataloader()))
-        model = MyTransformer(vocab_size=dm.vocab_size, max_length=dm.max_length, num_classes=dm.num_classes)
+        inputs, labels = next(iter(dm.train_dataloader()))  # inputs.values: token ids, inputs.mask: real tokens
+        model = TextTransformer(vocab_size=dm.vocab_size, max_length=dm.max_length, num_classes=dm.num_classes)
     """
 
     pad_id = 0
@@ -265,6 +275,7 @@ class TextDataModule(LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        bucket_pool: int = 0,
         lowercase: bool = True,
         cache_dir: str | None = None,
     ) -> None:
@@ -306,6 +317,8 @@ class TextDataModule(LightningDataModule):
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"Expected argument `{arg}` to be an int >= {least}, but got {value!r}.")
+        if isinstance(bucket_pool, bool) or not isinstance(bucket_pool, int) or bucket_pool < 0:
+            raise ValueError(f"Expected argument `bucket_pool` to be an int >= 0 (0: off), but got {bucket_pool!r}.")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"Expected argument `seed` to be an int, but got {seed!r}.")
         self.save_hyperparameters()
@@ -320,9 +333,11 @@ class TextDataModule(LightningDataModule):
         self.requested_vocab_size = vocab_size
         self.vocab_size = vocab_size
         self.max_length = max_length
+        self.input_shape = (max_length,)  # the longest input; what the module probes the cut with
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.bucket_pool = bucket_pool
         self.lowercase = lowercase
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.num_classes: int | None = _PRESET_NUM_CLASSES.get(preset) if preset is not None else None
@@ -470,21 +485,24 @@ class TextDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ loaders
     @property
-    def collate_fn(self) -> functools.partial[tuple[Tensor, Tensor, Tensor]]:
+    def collate_fn(self) -> functools.partial[tuple[MaskedSequence, Tensor]]:
         """The batch collation: pads to the longest sequence of the batch with ``pad_id`` (picklable)."""
         return functools.partial(collate, pad_id=self.pad_id)
 
     def _loader(self, dataset: TokenizedDataset | None, split: str, shuffle: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"TextDataModule: call `setup()` for the {split} split before asking for its loader.")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        batching: dict[str, Any] = {"batch_size": self.batch_size, "shuffle": shuffle, "generator": generator}
+        if shuffle and self.bucket_pool:
+            lengths = [len(ids) for ids in dataset.ids]
+            batching = {"batch_sampler": BucketBatchSampler(lengths, self.batch_size, self.bucket_pool, generator)}
         return DataLoader(
             dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
             collate_fn=self.collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
+            **batching,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -502,5 +520,5 @@ class TextDataModule(LightningDataModule):
         return self._loader(self.test_set, "test")
 
     def predict_dataloader(self) -> DataLoader:
-        """``trainer.predict`` runs on the test split (batches of ``(input_ids, attention_mask, labels)``, in order)."""
+        """``trainer.predict`` runs on the test split (batches of ``(inputs, labels)``, in order)."""
         return self._loader(self.test_set, "test")

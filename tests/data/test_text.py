@@ -130,7 +130,8 @@ def test_explicit_cache_dir(root: Path, tmp_path: Path) -> None:
 def test_dynamic_padding_and_mask(root: Path) -> None:
     dm = make(root, batch_size=3)
     dm.setup("validate")
-    input_ids, mask, labels = next(iter(dm.val_dataloader()))
+    inputs, labels = next(iter(dm.val_dataloader()))
+    input_ids, mask = inputs.values, inputs.mask
     lengths = [len(ids) for ids in dm.val_set.ids]
     assert input_ids.dtype == torch.long and mask.dtype == torch.bool and labels.dtype == torch.long
     assert input_ids.shape == mask.shape == (3, max(lengths)) and labels.tolist() == [1, 0, 1]
@@ -152,7 +153,8 @@ def test_truncation_at_max_length(root: Path) -> None:
     dm = make(root, max_length=8)
     dm.setup("validate")
     assert [len(ids) for ids in dm.val_set.ids] == [8, 2]
-    input_ids, mask, _ = next(iter(dm.val_dataloader()))
+    inputs, _ = next(iter(dm.val_dataloader()))
+    input_ids, mask = inputs.values, inputs.mask
     assert input_ids.shape == (2, 8) and mask[0].all() and input_ids[0, 0] == 2
 
 
@@ -160,13 +162,13 @@ def test_training_loader_shuffled_by_seed(root: Path) -> None:
     def order(seed: int) -> list[list[int]]:
         dm = make(root, batch_size=1, seed=seed)
         dm.setup("fit")
-        return [batch[2].tolist() + batch[0][0].tolist() for batch in dm.train_dataloader()]
+        return [labels.tolist() + inputs.values[0].tolist() for inputs, labels in dm.train_dataloader()]
 
     assert order(0) == order(0)
     assert any(order(0) != order(s) for s in range(1, 5))
     dm = make(root, batch_size=1)
     dm.setup("fit")
-    assert [b[2].item() for b in dm.val_dataloader()] == [label for _, label in VAL]
+    assert [labels.item() for _, labels in dm.val_dataloader()] == [label for _, label in VAL]
 
 
 def test_csv_with_column_choice(tmp_path: Path) -> None:
@@ -190,7 +192,7 @@ def test_csv_with_column_choice(tmp_path: Path) -> None:
     assert dm.num_classes == 3 and len(dm.train_set) == 7
     assert dm.tokenizer.encode("neutral, i suppose").tokens[:3] == ["[CLS]", "neutral", ","]
     assert '"' in dm.tokenizer.get_vocab()  # the quotes inside a quoted CSV field are text
-    _, _, labels = next(iter(dm.val_dataloader()))
+    _, labels = next(iter(dm.val_dataloader()))
     assert labels.tolist() == [1, 0, 1, 0, 1, 0, 2]
     with pytest.raises(ValueError, match="needs a test split, but `test_file` is None"):
         dm.setup("test")
@@ -324,7 +326,8 @@ def test_real_sst2(tmp_path: Path) -> None:
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (67_349, 872, 1_821)
     assert dm.num_classes == 2 and dm.vocab_size == 8000 and dm.tokenizer_trained
     assert sum(dm.train_set.labels) == 37_569 and sum(dm.val_set.labels) == 444 and sum(dm.test_set.labels) == 909
-    input_ids, mask, labels = next(iter(dm.train_dataloader()))
+    inputs, labels = next(iter(dm.train_dataloader()))
+    input_ids, mask = inputs.values, inputs.mask
     assert input_ids.shape[0] == mask.shape[0] == labels.shape[0] == 32
     assert input_ids.shape == mask.shape and input_ids.shape[1] <= dm.max_length
     assert torch.equal(mask, input_ids != 0) and (input_ids[:, 0] == 2).all()

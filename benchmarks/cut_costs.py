@@ -166,7 +166,7 @@ def planned_memory(args: argparse.Namespace, inputs: Tensor, labels: Tensor, dev
     torch.manual_seed(args.seed)
     network = cifar_resnet(args.depth, num_classes=args.num_classes).to(device).train()
     plans = plan_cuts(
-        cut_units(network), inputs, labels, lambda s: build_aux_head("linear", s, args.num_classes).to(device)
+        cut_units(network), inputs, labels, lambda z: build_aux_head("linear", z.shape[1:], args.num_classes).to(device)
     )
     return {plan.index: plan for plan in plans}
 

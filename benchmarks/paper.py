@@ -140,9 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--arms", nargs="+", default=None, help="only these arms of the studies (e.g. dsl_conv)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument(
-        "--root", default=None, help="data root (cpu protocol: the dataset's default)"
-    )
+    parser.add_argument("--root", default=None, help="data root (cpu protocol: the dataset's default)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/out/paper-<protocol>")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--publish", type=Path, default=None, help="also put the tables into this markdown file")

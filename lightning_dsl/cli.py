@@ -30,8 +30,8 @@ from lightning_dsl.module import DecoupledSplitModule
 from lightning_dsl.strategies.split import SplitStrategy, process_name, run_group
 
 RUNS_DIR = "runs"
-NETWORK_LINKS = ("num_classes", "vocab_size", "max_length")
-"""Data module attributes linked to the same-named arguments of a network given by class path (when both exist)."""
+NETWORK_LINKS = ("vocab_size", "max_length")
+"""The data module's arguments copied to the same-named arguments of a network given by class path (when both exist)."""
 
 
 class DSLCLI(LightningCLI):
@@ -39,8 +39,8 @@ class DSLCLI(LightningCLI):
 
     * ``data.num_classes`` reaches the model (``link_arguments``), so it is never set twice by hand; the
       auxiliary head is built at ``setup`` from the data module's ``input_shape`` (or its first batch).
-    * A network given by class path gets the data module's ``num_classes``, ``vocab_size`` and ``max_length``
-      for its arguments of those names (a link is skipped where either side lacks the name).
+    * A network given by class path gets the data module's ``vocab_size`` and ``max_length`` for its arguments of
+      those names (the text transformer's vocabulary and positions), where both have them: set them on the data.
     * The data module's ``num_clients`` (1 for a data module without one) is the model's: the data decide
       how many clients there are (``--data.init_args.num_clients=10``); the model's ``client_schedule``
       tells the package's data modules how to serve them.
@@ -53,9 +53,6 @@ class DSLCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
         parser.link_arguments("data", "model.init_args.num_clients", compute_fn=_num_clients, apply_on="instantiate")
-        # A network given by class path whose size the data decide (the text transformer's vocabulary and positions).
-        for name in NETWORK_LINKS:
-            parser.link_arguments(f"data.{name}", f"model.init_args.network.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(PartitionMonitor, "partition")
         parser.add_lightning_class_args(CommunicationMonitor, "communication")
         parser.add_lightning_class_args(PeakMemoryMonitor, "memory")
@@ -72,6 +69,7 @@ class DSLCLI(LightningCLI):
         one command resumes every process from its own checkpoint.
         """
         config = self.config.get(self.subcommand) if self.subcommand else self.config
+        _link_network_to_data(config)
         trainer = getattr(config, "trainer", None)
         if trainer is None or not _is_split(getattr(trainer, "strategy", None)):
             return
@@ -118,6 +116,22 @@ def trainer_defaults() -> dict[str, Any]:
             },
         ],
     }
+
+
+def _link_network_to_data(config: Any) -> None:
+    """Copy ``NETWORK_LINKS`` from the data's arguments to a network given by class path that takes them.
+
+    A link in the parser cannot do this: the network is also given by name (``network: resnet20``), and
+    jsonargparse refuses a link whose target does not exist in every config.
+    """
+    network = getattr(getattr(getattr(config, "model", None), "init_args", None), "network", None)
+    data_args = getattr(getattr(config, "data", None), "init_args", None)
+    network_args = getattr(network, "init_args", None)
+    if network_args is None or data_args is None:
+        return
+    for name in NETWORK_LINKS:
+        if name in network_args and getattr(data_args, name, None) is not None:
+            network_args[name] = data_args[name]
 
 
 def _num_clients(data: LightningDataModule) -> int:

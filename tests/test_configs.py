@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.cli import main
-from lightning_dsl.data import CIFARDataModule, DigitsDataModule
+from lightning_dsl.data import CIFARDataModule, DigitsDataModule, TextDataModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -69,6 +69,7 @@ def test_every_config_is_covered() -> None:
         "clients/iid.yaml",
         "clients/dirichlet.yaml",
         "clients/sequential.yaml",
+        "sst2_transformer.yaml",
     }
 
 
@@ -148,6 +149,19 @@ EXPECTED = {
         "T_max": 8,
         "nesterov": True,
     },
+    "sst2_transformer.yaml": {
+        "data": TextDataModule,
+        "network": {"class_path": "lightning_dsl.models.TextTransformer"},
+        "mode": "dsl",
+        "split_index": 4,  # "middle": the embeddings and 3 of the 6 blocks
+        "num_units": 8,
+        "num_classes": 2,
+        "max_epochs": 3,
+        "lr": 1.0e-3,
+        "optimizer": "torch.optim.AdamW",
+        "vocab_size": 8000,
+        "max_length": 64,
+    },
 }
 
 
@@ -159,16 +173,24 @@ def test_config_resolves_to_what_it_says(config: Path, in_tmp: Path) -> None:
     cli = parse(config)
     model, data, init = cli.model, cli.datamodule, cli.config["model"]["init_args"]
     assert type(data) is expected["data"]
-    assert init["network"] == expected["network"]
+    network = init["network"]
+    if isinstance(expected["network"], dict):  # given by class path: its vocabulary and positions come from the data
+        assert network["class_path"] == expected["network"]["class_path"]
+        assert network["init_args"]["vocab_size"] == expected["vocab_size"] == data.vocab_size
+        assert network["init_args"]["max_length"] == expected["max_length"] == data.max_length
+        assert model.client[0].positions.num_embeddings == data.max_length
+    else:
+        assert network == expected["network"]
     resolved = (model.mode, model.split_index, model.num_units)
     assert resolved == (expected["mode"], expected["split_index"], expected["num_units"])
     assert model.num_classes == expected["num_classes"] == data.num_classes
     assert model.val_acc.num_classes == expected["num_classes"]
     assert cli.trainer.max_epochs == expected["max_epochs"]
     for side in ("client_optimizer", "server_optimizer"):
-        assert init[side]["class_path"] == "torch.optim.SGD"
+        assert init[side]["class_path"] == expected.get("optimizer", "torch.optim.SGD")
         assert init[side]["init_args"]["lr"] == expected["lr"]
-        assert init[side]["init_args"]["momentum"] == 0.9
+        if init[side]["class_path"] == "torch.optim.SGD":
+            assert init[side]["init_args"]["momentum"] == 0.9
     # Both sides and both schedulers follow the same recipe.
     assert init["client_optimizer"] == init["server_optimizer"]
     assert init["client_lr_scheduler"] == init["server_lr_scheduler"]
@@ -220,13 +242,29 @@ TINY_CIFAR = [
 ]
 
 
+def tiny_sst2(root: Path) -> Path:
+    """SST-2's layout with a few made-up rows (train.tsv, dev.tsv, test.tsv): the config's own files are not needed."""
+    words = ["good", "bad", "film", "plot", "a", "the", "boring", "great", "acting", "slow"]
+    root.mkdir()
+    for split, rows in (("train", 24), ("dev", 8), ("test", 8)):
+        lines = ["sentence\tlabel"]
+        for i in range(rows):
+            lines.append(" ".join(words[(i + j) % len(words)] for j in range(3 + i % 7)) + f"\t{i % 2}")
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def is_text(config: Path) -> bool:
+    return name(config).startswith("sst2")
+
+
 def train_params() -> list[Any]:
     params = []
     for config in ALL_CONFIGS:
         marks: list[Any] = []
         if "cifar100" in name(config):
             marks = [pytest.mark.skip(reason="CIFAR-100 is not available offline: this config is only parsed")]
-        elif name(config) != "quickstart.yaml" and not name(config).startswith("clients/"):
+        elif name(config) != "quickstart.yaml" and not name(config).startswith("clients/") and not is_text(config):
             marks = [pytest.mark.shared_data]
         params.append(pytest.param(config, marks=marks, id=name(config)))
     return params
@@ -237,7 +275,9 @@ def test_config_trains_a_few_batches(
     config: Path, in_tmp: Path, single_thread: None, request: pytest.FixtureRequest
 ) -> None:
     overrides = list(FEW_BATCHES) + [f"--trainer.default_root_dir={in_tmp / 'runs'}"]
-    if name(config) != "quickstart.yaml" and not name(config).startswith("clients/"):
+    if is_text(config):
+        overrides += [f"--data.init_args.root={tiny_sst2(in_tmp / 'sst2')}", "--data.init_args.batch_size=8"]
+    elif name(config) != "quickstart.yaml" and not name(config).startswith("clients/"):
         root = request.getfixturevalue("cifar10_jpg_mini")
         overrides += [*TINY_CIFAR, f"--data.init_args.root={root}"]
     initial = parse(config, *overrides).model.state_dict()  # the same seed_everything: the same initial weights
@@ -250,7 +290,7 @@ def test_config_trains_a_few_batches(
     # Two optimizer steps (client, server) per client batch: every client with a batch left in a parallel step
     # (a small non-IID shard can be used up after one), one client in a sequential step.
     data = cli.datamodule
-    assert model.num_clients == data.num_clients
+    assert model.num_clients == getattr(data, "num_clients", 1)
     if model.num_clients > 1 and model.client_schedule == "parallel":
         client_batches = sum(min(2, -(-size // data.batch_size)) for size in data.partition.sizes)
     else:
@@ -268,7 +308,7 @@ def test_config_trains_a_few_batches(
     assert (summary["mode"], summary["split_index"], summary["batches"]) == (model.mode, model.split_index, 2)
     assert 0.0 <= summary["val/acc"] <= 1.0 and 0.0 <= summary["val/aux_acc"] <= 1.0
     assert summary["comm/total_bytes_up"] > 0
-    if model.num_clients == 1:
+    if model.num_clients == 1 and not is_text(config):  # text batches are padded to their own length
         samples = 2 * data.batch_size
         assert summary["comm/total_bytes_up"] == samples * summary["comm/bytes_per_sample_up"]
     assert list((in_tmp / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))

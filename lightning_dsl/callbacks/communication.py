@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from lightning_dsl.callbacks.throughput import default_batch_size
+from lightning_dsl.callbacks.throughput import batch_tokens, default_batch_size
 from lightning_dsl.core.cut import Traffic
 
 PREFIX = "comm/"
@@ -33,6 +33,10 @@ class CommunicationMonitor(Callback):
       (also :attr:`sync_bytes_up`, :attr:`sync_bytes_down`);
     * with several clients, each client's link: the summary's ``comm/client{i}/total_bytes_up``,
       ``.../total_bytes_down``, ``.../sync_bytes_up`` and ``.../sync_bytes_down`` (training and sync);
+    * sequences (batches of :class:`~lightning_dsl.core.sequence.MaskedSequence`): the real tokens and the
+      padded positions sent up in training, :attr:`tokens_up` and :attr:`positions_up`, and in the summary
+      ``comm/tokens_up``, ``comm/positions_up`` and ``comm/bytes_per_token_up`` (training bytes up per real
+      token: the padding, the mask and the labels included);
     * the static picture, at the first training batch: :attr:`bytes_per_sample_up` and
       :attr:`bytes_per_sample_down` (down: of the first batch that sends anything down) and the
       one-time cost of handing the client over, :attr:`client_parameter_bytes` (client and
@@ -65,6 +69,8 @@ class CommunicationMonitor(Callback):
         self.sync_bytes_up = 0
         self.sync_bytes_down = 0
         self.client_totals: dict[int, Traffic] = {}  # training and sync traffic of each client's link
+        self.tokens_up = 0  # real tokens of the sequences sent up in training (0 for other inputs)
+        self.positions_up = 0  # their padded positions
         self.client_parameter_bytes: int | None = None
         self.client_state_bytes: int | None = None
         self.val_bytes_up = 0  # of the last complete validation run
@@ -129,6 +135,10 @@ class CommunicationMonitor(Callback):
             delta.sync_bytes_up = delta.sync_bytes_down = 0  # counted by _count_sync, wherever they happened
             self.client_totals[client] = self.client_totals.get(client, Traffic()) + delta
         self._count_sync()
+        tokens = batch_tokens(batch) if sent.bytes_up else None  # a server in its own process has no inputs
+        if tokens is not None:
+            self.tokens_up += tokens[0]
+            self.positions_up += tokens[1]
         if self.bytes_per_sample_up is None:
             self.bytes_per_sample_up = sent.bytes_up / batch_size
         if not self.bytes_per_sample_down and sent.bytes_down:  # hybrid: the first batch that sends down
@@ -237,6 +247,8 @@ class CommunicationMonitor(Callback):
             "sync_bytes_up": self.sync_bytes_up,
             "sync_bytes_down": self.sync_bytes_down,
             "client_totals": {i: vars(t).copy() for i, t in self.client_totals.items()},
+            "tokens_up": self.tokens_up,
+            "positions_up": self.positions_up,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # noqa: D102
@@ -247,6 +259,8 @@ class CommunicationMonitor(Callback):
         self.sync_bytes_up = int(state_dict.get("sync_bytes_up", 0))
         self.sync_bytes_down = int(state_dict.get("sync_bytes_down", 0))
         self.client_totals = {int(i): Traffic(**t) for i, t in state_dict.get("client_totals", {}).items()}
+        self.tokens_up = int(state_dict.get("tokens_up", 0))
+        self.positions_up = int(state_dict.get("positions_up", 0))
 
     def summary(self) -> dict[str, float | int]:
         """The figures for the end-of-run summary (keys as logged, plus the static picture)."""
@@ -265,6 +279,10 @@ class CommunicationMonitor(Callback):
             "sync_bytes_up": self.sync_bytes_up,
             "sync_bytes_down": self.sync_bytes_down,
         }
+        if self.tokens_up:
+            figures["tokens_up"] = self.tokens_up
+            figures["positions_up"] = self.positions_up
+            figures["bytes_per_token_up"] = self.total_bytes_up / self.tokens_up
         if len(self.client_totals) > 1:
             for client, traffic in sorted(self.client_totals.items()):
                 figures[f"client{client}/total_bytes_up"] = traffic.bytes_up

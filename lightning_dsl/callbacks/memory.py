@@ -9,13 +9,14 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from lightning_dsl.callbacks.throughput import PhaseCallback
+from lightning_dsl.callbacks.throughput import PhaseCallback, batch_tokens
 from lightning_dsl.core.memory import SavedTensorTracker, state_tensors
 
 PREFIX = "memory/"
 INTERVALS = ("epoch", "step")
 _STATE = (
     "saved_activation_peak_bytes",
+    "saved_peak_positions",
     "saved_client_peak_bytes",
     "saved_server_peak_bytes",
     "cuda_client_peak_bytes",
@@ -37,6 +38,11 @@ class PeakMemoryMonitor(PhaseCallback):
       logged as ``memory/cuda_client_peak_bytes``, ``memory/cuda_server_peak_bytes`` and
       ``memory/cuda_step_peak_bytes`` (the whole step; it includes the model, gradients and
       optimizer state, not only activations).
+
+    For batches of sequences (:class:`~lightning_dsl.core.sequence.MaskedSequence`, padded per batch), the
+    padded positions of the batch that set the run's peak, :attr:`saved_peak_positions`, and the summary's
+    ``memory/saved_peak_positions`` and ``memory/saved_peak_bytes_per_position`` (the peak per position of that
+    batch: what a batch of another length would roughly hold).
 
     The attributes :attr:`saved_activation_peak_bytes`, :attr:`saved_client_peak_bytes` and
     :attr:`saved_server_peak_bytes` (and :attr:`cuda_step_peak_bytes` etc.) hold the peaks over the
@@ -75,6 +81,7 @@ class PeakMemoryMonitor(PhaseCallback):
         self.saved_activation_peak_bytes = 0
         self.saved_client_peak_bytes = 0
         self.saved_server_peak_bytes = 0
+        self.saved_peak_positions: int | None = None  # padded positions of the batch of sequences that set the peak
         self.cuda_client_peak_bytes: int | None = None
         self.cuda_server_peak_bytes: int | None = None
         self.cuda_step_peak_bytes: int | None = None
@@ -156,6 +163,9 @@ class PeakMemoryMonitor(PhaseCallback):
         if self._cuda is not None:
             step = max(self._step_cuda, torch.cuda.max_memory_allocated(self._cuda))
             self._interval_cuda["step"] = max(self._interval_cuda.get("step", 0), step)
+        tokens = batch_tokens(batch)
+        if tokens is not None and self.saved_tensors and self.tracker.peak_bytes > self.saved_activation_peak_bytes:
+            self.saved_peak_positions = tokens[1]  # this batch raised the run's peak
         self._update_run_peaks()
         if self.logging_interval == "step":
             self._log(pl_module, on_step=True)
@@ -187,7 +197,7 @@ class PeakMemoryMonitor(PhaseCallback):
     def summary(self) -> dict[str, float | int]:
         """Peaks over the run so far (the CUDA ones only when a CUDA device was used)."""
         saved = self.saved_tensors
-        figures: dict[str, int | None] = {
+        figures: dict[str, float | int | None] = {
             "saved_peak_bytes": self.saved_activation_peak_bytes if saved else None,
             "saved_client_peak_bytes": self.saved_client_peak_bytes if saved else None,
             "saved_server_peak_bytes": self.saved_server_peak_bytes if saved else None,
@@ -195,4 +205,7 @@ class PeakMemoryMonitor(PhaseCallback):
             "cuda_server_peak_bytes": self.cuda_server_peak_bytes,
             "cuda_step_peak_bytes": self.cuda_step_peak_bytes,
         }
+        if saved and self.saved_peak_positions:
+            figures["saved_peak_positions"] = self.saved_peak_positions
+            figures["saved_peak_bytes_per_position"] = self.saved_activation_peak_bytes / self.saved_peak_positions
         return {PREFIX + k: v for k, v in figures.items() if v is not None}

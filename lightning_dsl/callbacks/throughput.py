@@ -12,7 +12,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_dsl.core.clients import client_entries
 from lightning_dsl.core.cut import Arrival, Arrivals
-from lightning_dsl.core.sequence import is_inputs
+from lightning_dsl.core.sequence import MaskedSequence, is_inputs
 
 PREFIX = "throughput/"
 
@@ -37,6 +37,26 @@ def default_batch_size(batch: Any) -> int:
     raise ValueError(
         f"Cannot tell the batch size of a batch of type {type(batch).__name__}: pass `batch_size_fn` to the callback."
     )
+
+
+def batch_tokens(batch: Any) -> tuple[int, int] | None:
+    """``(real tokens, padded positions)`` of a batch of sequences (every client's), ``None`` for other batches.
+
+    Example::
+
+        >>> ids = torch.tensor([[2, 7, 8], [2, 9, 0]])
+        >>> batch_tokens((MaskedSequence(ids, ids != 0), torch.tensor([1, 0])))
+        (5, 6)
+    """
+    if isinstance(batch, MaskedSequence):
+        return batch.tokens, batch.mask.numel()
+    entries = client_entries(batch)
+    if entries is not None:
+        counts = [c for c in map(batch_tokens, entries) if c is not None]
+        return (sum(c[0] for c in counts), sum(c[1] for c in counts)) if counts else None
+    if isinstance(batch, (list, tuple)) and batch and is_inputs(batch[0]):
+        return batch_tokens(batch[0])
+    return None
 
 
 def add_phase_hook(pl_module: LightningModule, hook: Callable[[str], Any], owner: Callback) -> None:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lightning_dsl.core.heads import HEADS, build_aux_head
+from lightning_dsl.core.sequence import MaskedSequence, example_inputs, values_of
 from lightning_dsl.cuts.costs import LinkSpeed, plan_cuts
 from lightning_dsl.cuts.report import markdown, plot, recommend, to_csv, to_json
 
@@ -68,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     device = cli.trainer.strategy.root_device
     parameter = next(model.parameters())
-    inputs = torch.randn(batch, *shape, device=device, dtype=parameter.dtype)
+    inputs = example_inputs(model.client[0], shape, batch, device, parameter.dtype)
+    if isinstance(inputs, Tensor) and inputs.is_floating_point():
+        inputs = torch.randn_like(inputs)  # costs depend on shapes; random values keep every code path realistic
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     model.to(device).train()
     units = [*model.client, *model.server]
@@ -82,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         units,
         inputs,
         labels,
-        lambda s: build_aux_head(spec, s, model.num_classes, **options).to(device, parameter.dtype),
+        lambda z: build_aux_head(
+            spec, values_of(z).shape[1:], model.num_classes, **options, sequence=isinstance(z, MaskedSequence)
+        ).to(device, parameter.dtype),
         criterion=model.criterion,
         codec=model.cut.codec,
         grad_codec=model.cut.grad_codec,

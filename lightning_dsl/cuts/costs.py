@@ -15,7 +15,8 @@ per cut: each unit is measured once and every cut is derived from the units.
   and the client's backward then saves the gradient that came down (one more activation-sized storage).
 * **Compute time** per unit: forward and backward, timed once after a warm-up pass.
 * **Bytes** per sample: the cut activation through the configured codec plus the labels, up; the
-  gradient through the gradient codec, down (``sl``).
+  gradient through the gradient codec, down (``sl``). A sequence model's cut activation
+  (:class:`~lightning_dsl.core.sequence.MaskedSequence`) sends its padding mask as well, one byte per position.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_dsl.core.codecs import Codec, IdentityCodec
 from lightning_dsl.core.memory import state_tensors, storage_key
+from lightning_dsl.core.sequence import Activation, MaskedSequence, replace_values, values_of
 
-HeadFactory = Callable[[torch.Size], nn.Module]
-"""Builds the auxiliary head for a cut activation of this per-sample shape."""
+HeadFactory = Callable[[Activation], nn.Module]
+"""Builds the auxiliary head for this cut activation (a batch of it: a tensor or a sequence with its mask)."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ class _Storage:
 
 def plan_cuts(
     units: Sequence[nn.Module],
-    inputs: Tensor,
+    inputs: Activation,
     labels: Tensor,
     head_factory: HeadFactory,
     *,
@@ -115,9 +117,9 @@ def plan_cuts(
 
     Args:
         units: the network's cut units, in order (``cut_units(network)``), in training mode.
-        inputs: one batch of inputs.
+        inputs: one batch of inputs (a tensor, or token ids with their mask).
         labels: its labels.
-        head_factory: builds the auxiliary head for a cut activation's per-sample shape.
+        head_factory: builds the auxiliary head for a cut activation (given one batch of it).
         criterion: the loss on both sides.
         codec: the activations' codec (``None``: sent as they are).
         grad_codec: the gradient's codec.
@@ -127,25 +129,35 @@ def plan_cuts(
     codec, grad_codec = codec or IdentityCodec(), grad_codec or IdentityCodec()
     batch = inputs.shape[0]
     activations = _activations(units, inputs)
-    heads = [head_factory(z.shape[1:]).to(z.device) for z in activations[1:-1]]
+    heads = [head_factory(z).to(values_of(z).device) for z in activations[1:-1]]
     flops = [_flops(unit, x, i > 0) for i, (unit, x) in enumerate(zip(units, activations, strict=False))]
     seconds = [_seconds(unit, x, i > 0) for i, (unit, x) in enumerate(zip(units, activations, strict=False))]
     head_seconds = [_head_seconds(head, z, labels, criterion) for head, z in zip(heads, activations[1:-1], strict=True)]
-    storages, saves_input = _saved_storages(units, heads, inputs, labels, criterion)
+    storages, cut_savers = _saved_storages(units, heads, inputs, labels, criterion)
     params = [sum(p.numel() for p in unit.parameters()) for unit in units]
     cut_names = {index: name for name, index in (names or {}).items()}
     label_bytes = labels.element_size()  # per sample
 
     plans = []
     for k in range(1, len(units)):
-        z = activations[k]
+        cut_activation = activations[k]
+        z = values_of(cut_activation)
         head = heads[k - 1]
-        up = (codec.encode(z.detach()).nbytes / batch) + label_bytes
+        mask_bytes = cut_activation.mask.numel() if isinstance(cut_activation, MaskedSequence) else 0
+        up = (codec.encode(z.detach()).nbytes + mask_bytes) / batch + label_bytes
         down = grad_codec.encode(torch.zeros_like(z)).nbytes / batch
         client_dsl, client_sl, server_dsl, server_sl = _saved_at(storages, k, len(units))
         z_bytes = z.numel() * z.element_size()  # what the server decodes, and the gradient that comes down
-        if not isinstance(codec, IdentityCodec) and saves_input[k]:
-            server_sl += z_bytes  # the server's decoded copy is a storage of its own
+        # A lossy codec's decoded copy is what the server's first unit saves. In sl it is one storage more when the
+        # client holds the cut activation too (a ReLU saved its output); when only the server held it (a transformer's
+        # residual sum is saved by nobody on the client), the copy takes its place. In dsl the client's graph is gone.
+        savers = cut_savers[k]
+        if (
+            not isinstance(codec, IdentityCodec)
+            and k in savers
+            and (savers & set(range(k)) or ("head", k, "sl") in savers)
+        ):
+            server_sl += z_bytes
         c = sum(seconds[:k]) + head_seconds[k - 1]
         s = sum(seconds[k:])
         sl_seconds = dsl_seconds = None
@@ -179,7 +191,7 @@ def plan_cuts(
     return plans
 
 
-def network_flops(units: Sequence[nn.Module], inputs: Tensor) -> float:
+def network_flops(units: Sequence[nn.Module], inputs: Activation) -> float:
     """FLOPs of one forward and backward of the whole network on ``inputs`` (what the units add up to)."""
     network = nn.Sequential(*units)
     with FlopCounterMode(display=False) as counter:
@@ -204,7 +216,7 @@ def _state_kept(*modules: nn.Module) -> Iterator[None]:
 
 
 @torch.no_grad()
-def _activations(units: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
+def _activations(units: Sequence[nn.Module], inputs: Activation) -> list[Activation]:
     """The input of every unit and the network's output: ``[x, u0(x), u1(u0(x)), ...]``."""
     out = [inputs]
     with _state_kept(*units):
@@ -213,28 +225,35 @@ def _activations(units: Sequence[nn.Module], inputs: Tensor) -> list[Tensor]:
     return out
 
 
-def _forward_backward(unit: nn.Module, x: Tensor, input_grad: bool) -> None:
-    x = x.detach().requires_grad_(input_grad and x.is_floating_point())
-    out = unit(x)
+def _leaf(x: Activation, requires_grad: bool) -> Activation:
+    """``x`` detached; its tensor (a sequence's values) requiring grad when asked and floating-point."""
+    values = values_of(x).detach()
+    return replace_values(x, values.requires_grad_(requires_grad and values.is_floating_point()))
+
+
+def _forward_backward(unit: nn.Module, x: Activation, input_grad: bool) -> None:
+    out = values_of(unit(_leaf(x, input_grad)))
     if out.requires_grad:  # a parameter-free first unit (a Flatten) has no backward
         out.backward(torch.ones_like(out))
 
 
-def _flops(unit: nn.Module, x: Tensor, input_grad: bool) -> float:
+def _flops(unit: nn.Module, x: Activation, input_grad: bool) -> float:
     with _state_kept(unit), FlopCounterMode(display=False) as counter:
         _forward_backward(unit, x, input_grad)
     return float(counter.get_total_flops())
 
 
-def _seconds(unit: nn.Module, x: Tensor, input_grad: bool) -> float:
+def _seconds(unit: nn.Module, x: Activation, input_grad: bool) -> float:
     with _state_kept(unit):
-        return _timed(lambda: _forward_backward(unit, x, input_grad), x)
+        return _timed(lambda: _forward_backward(unit, x, input_grad), values_of(x))
 
 
-def _head_seconds(head: nn.Module, z: Tensor, labels: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]) -> float:
-    z = z.detach().requires_grad_()
+def _head_seconds(
+    head: nn.Module, z: Activation, labels: Tensor, criterion: Callable[[Tensor, Tensor], Tensor]
+) -> float:
+    z = _leaf(z, True)
     with _state_kept(head):
-        return _timed(lambda: criterion(head(z), labels).backward(), z)
+        return _timed(lambda: criterion(head(z), labels).backward(), values_of(z))
 
 
 def _timed(run: Callable[[], None], on: Tensor) -> float:
@@ -255,14 +274,14 @@ def _synchronize(tensor: Tensor) -> None:
 def _saved_storages(
     units: Sequence[nn.Module],
     heads: Sequence[nn.Module],
-    inputs: Tensor,
+    inputs: Activation,
     labels: Tensor,
     criterion: Callable[[Tensor, Tensor], Tensor],
-) -> tuple[list[_Storage], dict[int, bool]]:
+) -> tuple[list[_Storage], dict[int, set[Any]]]:
     """Every storage saved for backward in one forward of the chain, its heads (dsl and sl) and the loss.
 
     Returns the storages with the set of savers of each (a unit's index; ``len(units)`` for the loss;
-    ``("head", k, mode)`` for the head at cut ``k``), and, per cut ``k``, whether unit ``k`` saved its input.
+    ``("head", k, mode)`` for the head at cut ``k``), and, per cut ``k``, the savers of the cut activation.
     """
     excluded = {key for key in map(storage_key, state_tensors(*units, *heads)) if key is not None}
     storages: dict[Any, _Storage] = {}
@@ -275,9 +294,9 @@ def _saved_storages(
             entry.savers.add(current[0])
         return tensor
 
-    alive: list[Tensor] = []  # every output stays alive until the end: no storage is freed and reused
+    alive: list[Any] = []  # every output stays alive until the end: no storage is freed and reused
     with _state_kept(*units), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        x = inputs
+        x: Any = inputs
         for i, unit in enumerate(units):
             current[0] = i
             x = unit(x)
@@ -289,14 +308,13 @@ def _saved_storages(
             for mode, head_input in (("dsl", z), ("sl", z.detach())):
                 current[0] = ("head", k, mode)
                 alive.append(criterion(head(head_input), labels))
-    # Whether the server's first unit keeps the cut activation itself (then a lossy codec's decoded copy,
-    # a storage of its own on the server, is saved in its place).
-    saves_input = {
-        k: k in storages[key].savers if (key := storage_key(alive[k - 1])) in storages else False
+    # Who saved the cut activation itself, per cut (where a lossy codec's decoded copy goes, see plan_cuts).
+    cut_savers = {
+        k: storages[key].savers if (key := storage_key(values_of(alive[k - 1]))) in storages else set()
         for k in range(1, len(units))
     }
     del alive
-    return list(storages.values()), saves_input
+    return list(storages.values()), cut_savers
 
 
 def _saved_at(storages: Sequence[_Storage], k: int, num_units: int) -> tuple[int, int, int, int]:

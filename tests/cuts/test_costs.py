@@ -13,6 +13,7 @@ from lightning_dsl.core import Cut, split_step
 from lightning_dsl.core.codecs import get_codec
 from lightning_dsl.core.heads import build_aux_head
 from lightning_dsl.core.memory import SavedTensorTracker, state_tensors
+from lightning_dsl.core.sequence import Activation, MaskedSequence, values_of
 from lightning_dsl.core.split import cut_units
 from lightning_dsl.cuts import LinkSpeed, network_flops, plan_cuts, recommend
 from lightning_dsl.models import create_model
@@ -20,16 +21,16 @@ from lightning_dsl.models import create_model
 NETWORKS = {"resnet20": (3, 32, 32), "small_cnn": (1, 8, 8)}
 
 
-def linear_head(shape: torch.Size) -> nn.Module:
-    return build_aux_head("linear", shape, 10)
+def linear_head(z: Activation) -> nn.Module:
+    return build_aux_head("linear", values_of(z).shape[1:], 10, sequence=isinstance(z, MaskedSequence))
 
 
-def measured_step(units: list[nn.Module], k: int, mode: str, codec: str, x: torch.Tensor, y: torch.Tensor) -> tuple:
+def measured_step(units: list[nn.Module], k: int, mode: str, codec: str, x: Activation, y: torch.Tensor) -> tuple:
     """Peak saved bytes (client, server, step) of one real split step at cut ``k``, by the package's tracker."""
     client, server = nn.Sequential(*units[:k]), nn.Sequential(*units[k:])
     with torch.no_grad():
         z = client(x)
-    head = linear_head(z.shape[1:])
+    head = linear_head(z)
     tracker = SavedTensorTracker(exclude=state_tensors(client, server, head))
 
     @contextlib.contextmanager
@@ -64,6 +65,25 @@ def test_saved_activations_equal_real_steps_at_every_cut(network: str, codec: st
         for mode in ("dsl", "sl"):
             want = tuple(getattr(plan, f"saved_{side}_{mode}") for side in ("client", "server", "step"))
             assert measured_step(units, plan.index, mode, codec, x, y) == want, (plan.index, mode)
+
+
+@pytest.mark.parametrize("codec", ["none", "int8"])
+def test_a_transformer_on_padded_sequences(codec: str) -> None:
+    """Every cut of the text transformer: saved bytes equal real steps, and the mask is in the bytes up."""
+    torch.manual_seed(0)
+    network = create_model("text_transformer", vocab_size=50, max_length=9, num_classes=10, dim=16, depth=3, heads=2)
+    units = cut_units(network.train())
+    ids = torch.randint(3, 50, (4, 9))
+    x, y = MaskedSequence(ids, torch.arange(9) < torch.tensor([[9], [5], [2], [7]])), torch.randint(0, 10, (4,))
+    plans = plan_cuts(units, x, y, linear_head, codec=get_codec(codec), grad_codec=get_codec(codec))
+    assert [p.index for p in plans] == [1, 2, 3, 4]
+    for plan in plans:
+        for mode in ("dsl", "sl"):
+            want = tuple(getattr(plan, f"saved_{side}_{mode}") for side in ("client", "server", "step"))
+            assert measured_step(units, plan.index, mode, codec, x, y) == want, (plan.index, mode)
+        values = 9 * 16 * 4 if codec == "none" else 9 * 16 + 8 / 4  # per sample; int8's scale and offset shared
+        assert plan.bytes_up == pytest.approx(values + 9 + 8)  # + the mask (a byte per position) + the label
+        assert plan.aux_head_params == 16 * 10 + 10
 
 
 def test_flops_of_both_sides_add_up_to_the_networks_at_every_cut() -> None:

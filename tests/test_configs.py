@@ -156,7 +156,7 @@ EXPECTED = {
         "split_index": 4,  # "middle": the embeddings and 3 of the 6 blocks
         "num_units": 8,
         "num_classes": 2,
-        "max_epochs": 3,
+        "max_epochs": 1,
         "lr": 1.0e-3,
         "optimizer": "torch.optim.AdamW",
         "vocab_size": 8000,

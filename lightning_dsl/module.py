@@ -261,6 +261,7 @@ class DecoupledSplitModule(LightningModule):
         if isinstance(self._aux_head_spec, str):  # a built-in head follows the network's device and dtype
             head = head.to(device=values.device, dtype=values.dtype if values.is_floating_point() else None)
         check_aux_head(head, z, self.num_classes)
+        self._check_network_output(z)
         self.aux_head = head.to(values.device)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
@@ -310,6 +311,21 @@ class DecoupledSplitModule(LightningModule):
             ) from err
         finally:
             self.client.train(was_training)
+
+    @torch.no_grad()
+    def _check_network_output(self, z: Activation) -> None:
+        """Refuse a network whose logits have another number of classes than ``num_classes`` (before training)."""
+        was_training = self.server.training
+        self.server.eval()
+        try:
+            logits = self.server(z)
+        finally:
+            self.server.train(was_training)
+        if isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"The network's output has {logits.shape[1]} classes, but argument `num_classes` is {self.num_classes}:"
+                f" build the network for {self.num_classes} classes (its own `num_classes` argument)."
+            )
 
     def setup(self, stage: str) -> None:
         """Build the auxiliary head from the data when ``input_shape`` was not given; check the data fits."""

@@ -196,3 +196,9 @@ def test_training_matches_the_reference(mode: str, split: int) -> None:
     positions = sum(x.values.numel() for x, _ in batches)
     assert model.cut.traffic.bytes_up == positions * DIM * 8 + positions + BATCH * BATCHES * 8
     assert model.cut.traffic.bytes_down == (positions * DIM * 8 if mode == "sl" else 0)
+
+
+def test_network_built_for_other_classes_is_refused_before_training() -> None:
+    network = TextTransformer(VOCAB, LENGTH, num_classes=2, dim=DIM, depth=DEPTH, heads=HEADS)
+    with pytest.raises(ValueError, match=r"output has 2 classes, but argument `num_classes` is 5"):
+        DecoupledSplitModule(network, split_index=2, num_classes=5, input_shape=(LENGTH,))

@@ -44,7 +44,7 @@ PRESETS: dict[str, dict[str, str]] = {
     },
 }
 _PRESET_NUM_CLASSES = {"sst2": 2}
-_CACHE_FORMAT = 1  # bump when the tokenizer pipeline changes, so old cache files are not reused
+_CACHE_FORMAT = 2  # bump when the tokenizer pipeline changes, so old cache files are not reused
 
 
 def user_cache_dir() -> Path:
@@ -137,7 +137,8 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int, lowercase: bool = Tru
         lowercase: lower-case (and strip accents from) the text before tokenizing.
 
     Returns:
-        The tokenizer: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, with ``[CLS]`` prepended by ``encode``.
+        The tokenizer: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, then the other tokens in sorted order (the same
+        ids on every run and machine), with ``[CLS]`` prepended by ``encode``.
 
     Example::
 
@@ -151,6 +152,11 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int, lowercase: bool = Tru
     tokenizer.decoder = decoders.WordPiece()
     trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    # The trainer numbers the tokens in hash-map order, which differs from run to run: two processes (or two
+    # machines) training on the same texts would give the same token different ids. Number them in a fixed order.
+    vocab = tokenizer.get_vocab()
+    ordered = [*SPECIAL_TOKENS, *sorted(set(vocab) - set(SPECIAL_TOKENS))]
+    tokenizer.model = WordPiece({token: i for i, token in enumerate(ordered)}, unk_token=UNK)
     ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
     if ids != list(range(len(SPECIAL_TOKENS))):  # pragma: no cover - the trainer adds special tokens first
         raise RuntimeError(f"Expected the special tokens {SPECIAL_TOKENS} to have ids 0, 1, 2, but got {ids}.")

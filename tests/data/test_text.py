@@ -332,3 +332,12 @@ def test_real_sst2(tmp_path: Path) -> None:
     assert input_ids.shape == mask.shape and input_ids.shape[1] <= dm.max_length
     assert torch.equal(mask, input_ids != 0) and (input_ids[:, 0] == 2).all()
     assert max(len(ids) for ids in dm.test_set.ids) == dm.max_length  # some test sentences are truncated at 64
+
+
+def test_tokenizer_ids_are_the_same_on_every_run() -> None:
+    """The trainer's own numbering follows hash-map order; the module numbers the tokens in sorted order."""
+    texts = [f"{a} {b} film" for a in ("good", "bad", "dull", "witty", "slow") for b in ("plot", "cast", "music")]
+    vocabularies = [text_module.build_tokenizer(texts, vocab_size=60).get_vocab() for _ in range(4)]
+    assert all(v == vocabularies[0] for v in vocabularies[1:])
+    tokens = sorted(vocabularies[0], key=vocabularies[0].__getitem__)
+    assert tokens[:3] == ["[PAD]", "[UNK]", "[CLS]"] and tokens[3:] == sorted(tokens[3:])

@@ -7,7 +7,8 @@ Options: ``mode``, ``epochs``, ``batches`` (per epoch), ``clients`` (in-process 
 ``in_process`` (no split strategy), ``timeout``, ``max_in_flight``, ``kill`` (``{"rank": r, "batch": b}``:
 that process SIGKILLs itself before its b-th training batch), ``ckpt`` (resume from this path),
 ``codec``, ``server_order``, ``mode_by_rank`` (``{"1": "sl"}``: another mode on that rank), ``sleep``
-(``{"server": 0.3}``: that process sleeps after each training batch).
+(``{"server": 0.3}``: that process sleeps after each training batch), ``text`` (a small text transformer
+on a few made-up sentences instead: padded sequences and their mask cross the cut).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from lightning.pytorch.loggers import CSVLogger
 
 from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.callbacks import CommunicationMonitor
-from lightning_dsl.data import DigitsDataModule
+from lightning_dsl.data import DigitsDataModule, TextDataModule
+from lightning_dsl.models import TextTransformer
 from lightning_dsl.strategies import SplitStrategy
 
 
@@ -54,20 +56,38 @@ class KillAt(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_sentences(root: Path) -> Path:
+    """SST-2's three files with a few made-up sentences of 2 to 9 words (labels alternate)."""
+    words = ["good", "bad", "film", "plot", "a", "the", "boring", "great", "acting", "slow", "fine"]
+    root.mkdir(exist_ok=True)
+    for split, rows in (("train", 48), ("dev", 16), ("test", 8)):
+        lines = ["sentence\tlabel"]
+        lines += [
+            " ".join(words[(3 * i + j) % len(words)] for j in range(2 + i % 8)) + f"\t{i % 2}" for i in range(rows)
+        ]
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
 def main(options: dict[str, Any]) -> None:
     torch.use_deterministic_algorithms(True)
     seed_everything(0)
     in_process = options.get("in_process", False)
     clients = options.get("clients", 1)
     rank = int(os.environ.get("RANK", 0))
+    network: Any = "small_cnn"
+    data: Any = DigitsDataModule(batch_size=32, num_clients=clients if in_process else 1)
+    if options.get("text"):
+        data = TextDataModule(root=str(write_sentences(Path("sst2"))), vocab_size=40, max_length=12, batch_size=8)
+        network = TextTransformer(vocab_size=40, max_length=12, dim=16, depth=2, heads=2, dropout=0.0)
     model = DecoupledSplitModule(
-        "small_cnn",
+        network,
         split_index=2,
         mode=options.get("mode_by_rank", {}).get(str(rank), options.get("mode", "dsl")),
         codec=options.get("codec", "none"),
         num_clients=clients if in_process else 1,
+        num_classes=2 if options.get("text") else 10,
     )
-    data = DigitsDataModule(batch_size=32, num_clients=clients if in_process else 1)
     role = "inprocess" if in_process else ("server" if rank == 0 else f"client{rank - 1}")
     clock = Clock(options.get("sleep", {}).get(role, 0.0))
     checkpoint = ModelCheckpoint(dirpath=f"ckpt-{role}", save_last=True)
@@ -110,7 +130,7 @@ def main(options: dict[str, Any]) -> None:
             "total_bytes_down": monitor.total_bytes_down,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
             "summary": getattr(trainer.strategy, "summary", lambda: {})(),
-            "loaded_data": data.train_set is not None,
+            "loaded_data": getattr(data, "train_set", None) is not None,
             "ends": clock.ends,
         },
         Path(f"{role}.pt"),

@@ -74,6 +74,20 @@ def test_one_client_ends_with_the_parameters_of_the_same_run_in_one_process(tmp_
     assert server["summary"]["split/wire_payload_bytes_sent"] == reference["traffic"]["bytes_down"]
 
 
+def test_a_text_transformer_across_processes_equals_one_process(tmp_path: Path) -> None:
+    """Padded sequences and their mask cross the wire (sl: up and down); the run equals the one in one process."""
+    (tmp_path / "split").mkdir()
+    codes, output = run_split(tmp_path / "split", 2, mode="sl", text=True, batches=4)
+    assert codes == [0, 0], output
+    reference = run_in_process(tmp_path, mode="sl", text=True, batches=4)
+    server, client = load(tmp_path / "split", "server"), load(tmp_path / "split", "client0")
+    assert_same(reference["server"], server["server"])
+    assert_same(reference["client"], client["client"])
+    assert_same(reference["aux_head"], client["aux_head"])
+    assert server["traffic"] == client["traffic"] == reference["traffic"]  # the masks counted on both sides
+    assert client["summary"]["split/wire_payload_bytes_sent"] == reference["traffic"]["bytes_up"]
+
+
 def test_two_clients_equal_the_one_process_parallel_schedule_with_fedavg(tmp_path: Path) -> None:
     (tmp_path / "split").mkdir()
     codes, output = run_split(tmp_path / "split", 3, clients=2)

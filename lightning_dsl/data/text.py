@@ -250,6 +250,10 @@ class TextDataModule(LightningDataModule):
             file order.
         lowercase: lower-case (and strip accents from) the text before tokenizing.
         cache_dir: where to cache the tokenizer; ``None`` for ``<root>/.cache`` or ``~/.cache/lightning_dsl``.
+        tokenizer_file: a tokenizer saved by ``tokenizers`` (the cached file of an earlier run, for instance) to use
+            instead of training one; its ``[PAD]``, ``[UNK]``, ``[CLS]`` must be ids 0, 1, 2. Give every client of a
+            deployment the same file: the trainer breaks ties between equally frequent merges in hash-map order, so
+            two trainings on a small corpus can keep different subwords.
 
     Raises:
         ValueError: if an argument is out of range or a needed one is missing; from ``setup``, if a file is
@@ -284,6 +288,7 @@ class TextDataModule(LightningDataModule):
         bucket_pool: int = 0,
         lowercase: bool = True,
         cache_dir: str | None = None,
+        tokenizer_file: str | None = None,
     ) -> None:
         super().__init__()
         if preset is not None and preset not in PRESETS:
@@ -346,6 +351,7 @@ class TextDataModule(LightningDataModule):
         self.bucket_pool = bucket_pool
         self.lowercase = lowercase
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self.tokenizer_file = Path(tokenizer_file).expanduser() if tokenizer_file is not None else None
         self.num_classes: int | None = _PRESET_NUM_CLASSES.get(preset) if preset is not None else None
         self.tokenizer: Tokenizer | None = None
         self.tokenizer_path: Path | None = None
@@ -389,6 +395,21 @@ class TextDataModule(LightningDataModule):
         return texts, labels
 
     # ------------------------------------------------------------------ tokenizer
+    def _given_tokenizer(self, path: Path) -> Tokenizer:
+        if not path.is_file():
+            raise FileNotFoundError(f"Argument `tokenizer_file`: no file at {path.resolve()}.")
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as err:
+            raise ValueError(f"Argument `tokenizer_file`: {path} is not a `tokenizers` JSON file: {err}") from err
+        ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
+        if ids != list(range(len(SPECIAL_TOKENS))):
+            raise ValueError(
+                f"Argument `tokenizer_file`: {path} must give {list(SPECIAL_TOKENS)} the ids 0, 1, 2, but gives {ids}."
+            )
+        self.tokenizer_path, self.tokenizer_trained = path, False
+        return tokenizer
+
     def _cache_file(self, train_path: Path) -> Path:
         stat = train_path.stat()
         key = json.dumps(
@@ -410,6 +431,8 @@ class TextDataModule(LightningDataModule):
         return folder / f"tokenizer-wordpiece-{self.requested_vocab_size}-{digest}.json"
 
     def _load_or_train_tokenizer(self, train_path: Path, texts: Sequence[str]) -> Tokenizer:
+        if self.tokenizer_file is not None:
+            return self._given_tokenizer(self.tokenizer_file)
         path = self._cache_file(train_path)
         self.tokenizer_path = path
         if path.is_file():

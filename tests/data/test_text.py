@@ -334,10 +334,32 @@ def test_real_sst2(tmp_path: Path) -> None:
     assert max(len(ids) for ids in dm.test_set.ids) == dm.max_length  # some test sentences are truncated at 64
 
 
-def test_tokenizer_ids_are_the_same_on_every_run() -> None:
-    """The trainer's own numbering follows hash-map order; the module numbers the tokens in sorted order."""
+def test_tokenizer_ids_follow_a_fixed_order() -> None:
+    """The trainer numbers tokens in hash-map order; the module numbers them: special tokens, then sorted."""
     texts = [f"{a} {b} film" for a in ("good", "bad", "dull", "witty", "slow") for b in ("plot", "cast", "music")]
-    vocabularies = [text_module.build_tokenizer(texts, vocab_size=60).get_vocab() for _ in range(4)]
-    assert all(v == vocabularies[0] for v in vocabularies[1:])
-    tokens = sorted(vocabularies[0], key=vocabularies[0].__getitem__)
-    assert tokens[:3] == ["[PAD]", "[UNK]", "[CLS]"] and tokens[3:] == sorted(tokens[3:])
+    for _ in range(3):
+        vocab = text_module.build_tokenizer(texts, vocab_size=60).get_vocab()
+        tokens = sorted(vocab, key=vocab.__getitem__)
+        assert tokens[:3] == ["[PAD]", "[UNK]", "[CLS]"] and tokens[3:] == sorted(tokens[3:])
+
+
+def test_a_given_tokenizer_file_is_used_as_it_is(tmp_path: Path) -> None:
+    root = sst2_like(tmp_path / "a")
+    first = TextDataModule(root=str(root), vocab_size=50)
+    first.setup("fit")
+    other = sst2_like(tmp_path / "b")  # another copy: its own cache would train again
+    dm = TextDataModule(root=str(other), vocab_size=50, tokenizer_file=str(first.tokenizer_path))
+    dm.setup("fit")
+    assert not dm.tokenizer_trained and dm.tokenizer_path == first.tokenizer_path
+    assert dm.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+    assert not list((other / ".cache").glob("*.json"))
+
+
+def test_a_bad_tokenizer_file_is_refused(tmp_path: Path) -> None:
+    root = sst2_like(tmp_path / "a")
+    with pytest.raises(FileNotFoundError, match="`tokenizer_file`: no file at"):
+        TextDataModule(root=str(root), tokenizer_file=str(tmp_path / "missing.json")).setup("fit")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match="`tokenizer_file`: .* is not a `tokenizers` JSON file"):
+        TextDataModule(root=str(root), tokenizer_file=str(bad)).setup("fit")

@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.studies import CUTS, EXTRA_FIGURES, HEAD_STUDIES, MODES, STUDIES
+from benchmarks.studies import CUTS, MODES, REPORTS, STUDIES, StudyReport
 
 
 def collect(out: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
@@ -46,6 +46,8 @@ def fmt(key: str, figures: list[float]) -> str:
     mean, std = mean_std(figures)
     if "acc" in key:
         text, spread = f"{100 * mean:.2f}", f"{100 * std:.2f}"
+    elif "bytes_per_" in key and "per_epoch" not in key:  # per token, per position, per sample: a few bytes
+        text, spread = f"{mean:.1f} B", f"{std:.1f}"
     elif "bytes" in key:
         text, spread = f"{mean / 2**20:.1f} MiB", f"{std / 2**20:.1f}"
     elif key.startswith("params/"):
@@ -55,9 +57,14 @@ def fmt(key: str, figures: list[float]) -> str:
     return f"{text} ± {spread}" if len(figures) > 1 else text
 
 
-def ratio(over: list[dict[str, Any]], under: list[dict[str, Any]], key: str) -> str:
+def ratio_of_means(over: list[dict[str, Any]], under: list[dict[str, Any]], key: str) -> float | None:
     a, b = values(over, key), values(under, key)
-    return f"{statistics.fmean(a) / statistics.fmean(b):.3f}" if a and b and statistics.fmean(b) else "–"
+    return statistics.fmean(a) / statistics.fmean(b) if a and b and statistics.fmean(b) else None
+
+
+def ratio(over: list[dict[str, Any]], under: list[dict[str, Any]], key: str) -> str:
+    value = ratio_of_means(over, under, key)
+    return "–" if value is None else f"{value:.3f}"
 
 
 PAPER_FIGURES = {
@@ -67,14 +74,6 @@ PAPER_FIGURES = {
     "comm/bytes_down_per_epoch": "bytes down / epoch",
     "memory/saved_peak_bytes": "peak saved activations",
     "seconds_per_epoch": "s / epoch",
-}
-STUDY_FIGURES = {
-    "val/acc": "test acc (split network)",
-    "val/aux_acc": "test acc (client + aux head)",
-    "comm/bytes_per_epoch": "bytes up+down / epoch",
-    "memory/saved_peak_bytes": "peak saved activations",
-    "seconds_per_epoch": "s / epoch",
-    "params/aux_head": "aux head params",
 }
 
 
@@ -106,19 +105,20 @@ def paper_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gap(dsl: list[dict[str, Any]], sl: list[dict[str, Any]]) -> str:
+def gap(dsl: list[dict[str, Any]], sl: list[dict[str, Any]], key: str = "val/acc") -> str:
     """dsl's accuracy minus sl's, in points (means over seeds)."""
-    a, b = values(dsl, "val/acc"), values(sl, "val/acc")
+    a, b = values(dsl, key), values(sl, key)
     return f"{100 * (statistics.fmean(a) - statistics.fmean(b)):+.2f}" if a and b else "–"
 
 
 def study_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]], study: str) -> str:
     cuts, variants = STUDIES[study]
-    figures = {**STUDY_FIGURES, **EXTRA_FIGURES.get(study, {})}
+    spec = REPORTS.get(study, StudyReport())
+    figures, ratios = spec.figures, spec.ratios
     paired = any(v.pair for v in variants)
-    extra = " | dsl − sl acc (points)" if paired else ""
-    lines = ["| dataset | cut | arm | seeds | " + " | ".join(figures.values()) + f" | bytes / sl's{extra} |"]
-    lines.append("|" + "---|" * (5 + len(figures) + paired))
+    headers = [*figures.values(), *ratios.values(), *([spec.gap] if paired else [])]
+    lines = ["| dataset | cut | arm | seeds | " + " | ".join(headers) + " |"]
+    lines.append("|" + "---|" * (4 + len(headers)))
     for dataset in sorted({k[0] for k in runs}):
         for cut in cuts:
             sl = runs.get((dataset, cut, "sl"), [])
@@ -126,20 +126,23 @@ def study_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]], study: s
                 summaries = runs.get((dataset, cut, variant.name))
                 if summaries:
                     cells = [fmt(k, values(summaries, k)) for k in figures]
-                    cells.append(ratio(summaries, sl, "comm/bytes_per_epoch"))
+                    cells += [ratio(summaries, sl, k) for k in ratios]
                     if paired:
-                        cells.append(gap(summaries, runs.get((dataset, cut, variant.pair), [])) if variant.pair else "")
+                        pair = runs.get((dataset, cut, variant.pair), [])
+                        cells.append(gap(summaries, pair, spec.accuracy) if variant.pair else "")
                     lines.append(
                         f"| {dataset} | {cut} | {variant.label or variant.name} | {len(summaries)} | "
                         + " | ".join(cells)
                         + " |"
                     )
+    if spec.baseline:
+        lines += ["", spec.baseline.line()]
     return "\n".join(lines) + "\n"
 
 
-def _bar(ax: Any, x: float, figures: list[float], width: float, **style: Any) -> None:
+def _bar(ax: Any, x: float, figures: list[float], width: float, **style: Any) -> Any:
     mean, std = mean_std(figures)
-    ax.bar(x, mean, width, yerr=std if len(figures) > 1 else None, edgecolor="black", linewidth=0.5, **style)
+    return ax.bar(x, mean, width, yerr=std if len(figures) > 1 else None, edgecolor="black", linewidth=0.5, **style)
 
 
 def _curves(ax: Any, summaries: list[dict[str, Any]], color: str, label: str, aux: bool = True) -> None:
@@ -202,32 +205,44 @@ def paper_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Pat
     return written
 
 
+def one_epoch(runs: dict[tuple[str, str, str], list[dict[str, Any]]], dataset: str, study: str) -> bool:
+    """Whether every run of ``study`` on ``dataset`` validated once: its per-epoch curves would be single points."""
+    cuts, variants = STUDIES[study]
+    summaries = [s for c in cuts for v in variants for s in runs.get((dataset, c, v.name), [])]
+    return bool(summaries) and all(len(s.get("history", [])) <= 1 for s in summaries)
+
+
 def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any, study: str) -> list[Path]:
     cuts, variants = STUDIES[study]
+    spec = REPORTS.get(study, StudyReport())
     written = []
     for dataset in sorted({k[0] for k in runs}):
+        if one_epoch(runs, dataset, study):
+            written += overview_plot(runs, out, plt, study, dataset)
+            continue
         for cut in cuts:
             arms = [v for v in variants if (dataset, cut, v.name) in runs]
             if len(arms) < 2:
                 continue
-            by_head = study in HEAD_STUDIES
+            by_head = spec.heads
             fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.2))
             for j, arm in enumerate(arms):
                 summaries = runs[(dataset, cut, arm.name)]
                 _curves(left, summaries, f"C{j}", arm.label or arm.name, aux=by_head)
                 if by_head:
-                    for g, key in enumerate(("val/acc", "val/aux_acc")):
+                    for g, key in enumerate((spec.accuracy, spec.aux_accuracy)):
                         figures = [100 * v for v in values(summaries, key)]
                         if figures:
                             _bar(right, j + 0.4 * g - 0.2, figures, 0.4, color=f"C{j}", hatch="//" if g else None)
                     continue
-                acc = values(summaries, "val/acc")
+                acc = values(summaries, spec.accuracy)
                 traffic = values(summaries, "comm/bytes_per_epoch")
                 if acc and traffic:
                     x, y = statistics.fmean(traffic) / 2**20, 100 * statistics.fmean(acc)
                     right.scatter([x], [y], color=f"C{j}", s=40, label=arm.label or arm.name)
                     right.annotate(arm.name, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-            left.set(title=f"{dataset}, cut {cut}: test accuracy per epoch", xlabel="epoch", ylabel="test accuracy (%)")
+            per_epoch = f"{spec.validation} accuracy"
+            left.set(title=f"{dataset}, cut {cut}: {per_epoch} per epoch", xlabel="epoch", ylabel=f"{per_epoch} (%)")
             left.legend(fontsize=6, ncol=2)
             if by_head:
                 right.set_xticks(range(len(arms)), [arm.name for arm in arms], rotation=20, fontsize=7)
@@ -245,11 +260,85 @@ def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Pat
     return written
 
 
+HATCHES = (None, "//", "..")  # a study's figures side by side: solid, hatched, dotted
+
+
+def _legends(ax: Any, arms: dict[str, str], hatches: list[str], extra: tuple[Any, ...] = ()) -> None:
+    """Two legends: the arms' colours (``label -> colour``) and ``extra`` top left, what each hatch shows top right."""
+    from matplotlib.patches import Patch
+
+    hatched = [Patch(facecolor="white", edgecolor="black", hatch=HATCHES[g], label=n) for g, n in enumerate(hatches)]
+    ax.add_artist(ax.legend(handles=hatched, fontsize=7, loc="upper right"))
+    colours = [Patch(facecolor=colour, label=label) for label, colour in arms.items()]
+    ax.legend(handles=[*colours, *extra], fontsize=7, loc="upper left")
+
+
+def overview_plot(
+    runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any, study: str, dataset: str
+) -> list[Path]:
+    """One figure for a study of one epoch per run: the arms' accuracies at each cut, and their costs over sl's."""
+    spec = REPORTS.get(study, StudyReport())
+    all_cuts, variants = STUDIES[study]
+    cuts = [c for c in all_cuts if any((dataset, c, v.name) in runs for v in variants)]
+    arms = [v for v in variants if any((dataset, c, v.name) in runs for c in cuts)]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 4.8), gridspec_kw={"width_ratios": [3, 2]})
+
+    accuracies = (spec.accuracy, spec.aux_accuracy)
+    width, lowest = 0.8 / (len(arms) * len(accuracies)), 100.0
+    for i, cut in enumerate(cuts):
+        for j, arm in enumerate(arms):
+            for g, key in enumerate(accuracies):
+                figures = [100 * v for v in values(runs.get((dataset, cut, arm.name), []), key)]
+                if figures:
+                    x = i - 0.4 + (j * len(accuracies) + g + 0.5) * width
+                    _bar(left, x, figures, width, color=f"C{j}", hatch=HATCHES[g])
+                    lowest = min(lowest, statistics.fmean(figures))
+    colours = {arm.label or arm.name: f"C{j}" for j, arm in enumerate(arms)}
+    baseline: tuple[Any, ...] = ()
+    if spec.baseline:
+        accuracy = 100 * spec.baseline.accuracy
+        baseline = (left.axhline(accuracy, color="black", linestyle="--", linewidth=1, label=spec.baseline.short),)
+        lowest = min(lowest, accuracy)
+    # The arms differ by a few points: start the axis near the lowest bar, and leave the top for the legends.
+    left.set_ylim(max(0.0, 10 * (lowest // 10) - 10), 100)
+    left.set_xticks(range(len(cuts)), cuts)
+    left.set_xlim(-0.5, len(cuts) - 0.5)
+    left.set(title=f"{dataset}: accuracy at each cut (error bars: std over seeds)", xlabel="cut", ylabel="accuracy (%)")
+    _legends(left, colours, [spec.figures.get(k, k) for k in accuracies], baseline)
+
+    paired = [v for v in arms if v.pair]
+    keys = list(spec.ratios)
+    width = 0.8 / max(1, len(paired) * len(keys))
+    for i, cut in enumerate(cuts):
+        for j, arm in enumerate(paired):
+            under = runs.get((dataset, cut, arm.pair), [])
+            for g, key in enumerate(keys):
+                value = ratio_of_means(runs.get((dataset, cut, arm.name), []), under, key)
+                if value is not None:
+                    x = i - 0.4 + (j * len(keys) + g + 0.5) * width
+                    bars = _bar(right, x, [value], width, color=f"C{arms.index(arm)}", hatch=HATCHES[g])
+                    right.bar_label(bars, fmt="%.2f", fontsize=7)
+    right.axhline(1, color="black", linewidth=0.8, linestyle=":")
+    right.set_ylim(0, 1.35 * max([1.0, *(b.get_height() for b in right.patches)]))
+    right.set_xticks(range(len(cuts)), cuts)
+    right.set_xlim(-0.5, len(cuts) - 0.5)
+    right.set(title="each dsl arm over sl at the same cut (1: as much as sl's)", xlabel="cut", ylabel="arm / sl")
+    _legends(right, {a.label or a.name: f"C{arms.index(a)}" for a in paired}, [spec.figures.get(k, k) for k in keys])
+    fig.tight_layout()
+    return [_save(fig, out / f"{study}_{dataset}.png", plt)]
+
+
 def pairs_plot(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any, study: str) -> list[Path]:
-    """For studies whose dsl arms name their sl arm: both accuracies per setting, and dsl's gap to sl."""
+    """For studies whose dsl arms name their sl arm: both accuracies per setting, and dsl's gap to sl.
+
+    A study of one epoch per run has its gaps in :func:`overview_plot` instead.
+    """
     cuts, variants = STUDIES[study]
+    key = REPORTS.get(study, StudyReport()).accuracy
     written = []
     for dataset in sorted({k[0] for k in runs}):
+        if one_epoch(runs, dataset, study):
+            continue
         for cut in cuts:
             pairs = [
                 (v, runs.get((dataset, cut, v.pair), [])) for v in variants if v.pair and (dataset, cut, v.name) in runs
@@ -266,12 +355,12 @@ def pairs_plot(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path
                     _bar(
                         left,
                         i + 0.4 * g - 0.2,
-                        [100 * v for v in values(summaries, "val/acc")],
+                        [100 * v for v in values(summaries, key)],
                         0.4,
                         color=color,
                         label=label,
                     )
-                gaps = [100 * (d - statistics.fmean(values(sl, "val/acc"))) for d in values(dsl, "val/acc")]
+                gaps = [100 * (d - statistics.fmean(values(sl, key))) for d in values(dsl, key)]
                 _bar(right, i, gaps, 0.6, color="C1" if statistics.fmean(gaps) >= 0 else "C3")
             left.set_xticks(range(len(pairs)), names, rotation=20, fontsize=8)
             left.set(title=f"{dataset}, cut {cut}: test accuracy of the split network", ylabel="test accuracy (%)")

@@ -1,12 +1,14 @@
 """The studies of ``benchmarks/paper.py`` as data: each is the cuts it runs at and a table of arms.
 
 An arm (:class:`Variant`) is a name, a mode and the CLI overrides that make it; a new study is a new
-entry of :data:`STUDIES`, not new code.
+entry of :data:`STUDIES`, not new code. What a study's report shows (its table's columns, the accuracy that
+counts, a published baseline) is its entry of :data:`REPORTS` (:class:`StudyReport`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 CUTS = ("shallow", "middle", "deep")
 MODES = ("sl", "dsl")
@@ -124,7 +126,14 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
     ),
     # A transformer on text (SST-2): sl and dsl at the three cuts, and the mlp head (the image studies' best heads
     # pool a spatial grid, which a sequence does not have; the mlp is the other built-in head that applies).
-    "text": (CUTS, (SL, Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)"), DSL_MLP)),
+    "text": (
+        CUTS,
+        (
+            SL,
+            Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)", pair="sl"),
+            replace(DSL_MLP, pair="sl"),
+        ),
+    ),
     # The same recipe without the learning-rate schedule (constant lr 0.1), as the issue's first measurement.
     "recipe": (
         ("shallow",),
@@ -138,9 +147,90 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
 }
 
 
-# Studies whose dsl arms differ only in the head, so all send the same bytes: their plots compare the split
-# network with the head alone instead of plotting accuracy against traffic.
-HEAD_STUDIES = ("heads", "grid")
+@dataclass(frozen=True)
+class Baseline:
+    """A published result on the same split, printed under a study's table and drawn on its accuracy plot.
 
-# Figures only some studies have (model transfers appear with many clients).
-EXTRA_FIGURES = {"clients": {"comm/sync_bytes_per_epoch": "model sync bytes / epoch"}}
+    Example::
+
+        >>> Baseline("Kim (2014)", "Kim (2014), CNN-rand", 0.827, "this SST-2 test split").line()
+        'Baseline: Kim (2014), CNN-rand: 82.7 % on this SST-2 test split.'
+    """
+
+    short: str  # the plot's legend
+    source: str
+    accuracy: float  # a fraction, as the summaries' accuracies
+    split: str
+
+    def line(self) -> str:
+        return f"Baseline: {self.source}: {100 * self.accuracy:.1f} % on {self.split}."
+
+
+# The study table's columns by default (summary key -> header); CIFAR validates on its test split.
+STUDY_FIGURES = {
+    "val/acc": "test acc (split network)",
+    "val/aux_acc": "test acc (client + aux head)",
+    "comm/bytes_per_epoch": "bytes up+down / epoch",
+    "memory/saved_peak_bytes": "peak saved activations",
+    "seconds_per_epoch": "s / epoch",
+    "params/aux_head": "aux head params",
+}
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    """What a study's table and plots show, by summary key.
+
+    Args:
+        figures: the table's columns, summary key -> header.
+        ratios: columns of an arm's figure over the sl arm's at the same cut, summary key -> header.
+        accuracy: the split network's accuracy that the plots draw and the dsl − sl gap compares.
+        aux_accuracy: the client + aux head's accuracy that the plots draw beside it.
+        gap: the header of the dsl − sl column (for studies whose dsl arms name their sl arm).
+        validation: what the plots call the validation split, whose accuracy per epoch they draw.
+        heads: the dsl arms differ only in the head (all send the same bytes), so the plots compare the split
+            network with the head alone instead of plotting accuracy against traffic.
+        baseline: a published result on the same split, printed under the table.
+    """
+
+    figures: Mapping[str, str] = field(default_factory=lambda: STUDY_FIGURES)
+    ratios: Mapping[str, str] = field(default_factory=lambda: {"comm/bytes_per_epoch": "bytes / sl's"})
+    accuracy: str = "val/acc"
+    aux_accuracy: str = "val/aux_acc"
+    gap: str = "dsl − sl acc (points)"
+    validation: str = "test"  # CIFAR validates on its test split
+    heads: bool = False
+    baseline: Baseline | None = None
+
+
+# Studies not named here get StudyReport().
+REPORTS: dict[str, StudyReport] = {
+    "heads": StudyReport(heads=True),
+    "grid": StudyReport(heads=True),
+    # Model transfers appear with many clients.
+    "clients": StudyReport(figures={**STUDY_FIGURES, "comm/sync_bytes_per_epoch": "model sync bytes / epoch"}),
+    # SST-2 has a dev split (validation, 872 sentences) and a labelled test split (1,821): fit_then_test.py
+    # tests the final weights, so the accuracies that count are test/*.
+    "text": StudyReport(
+        figures={
+            "val/acc": "dev acc (split network)",
+            "test/acc": "test acc (split network)",
+            "test/aux_acc": "test acc (client + aux head)",
+            "comm/bytes_per_epoch": "bytes up+down / epoch",
+            "memory/saved_peak_bytes": "peak saved activations",
+            "comm/bytes_per_token_up": "bytes up per token",
+            "seconds_per_epoch": "s / epoch",
+        },
+        ratios={"comm/bytes_per_epoch": "bytes / sl's", "memory/saved_peak_bytes": "memory / sl's"},
+        accuracy="test/acc",
+        aux_accuracy="test/aux_acc",
+        gap="dsl − sl test acc (points)",
+        validation="dev",
+        baseline=Baseline(
+            "Kim (2014), CNN-rand",
+            "Kim (2014), CNN with random embeddings (CNN-rand), trained from scratch",
+            0.827,
+            "this SST-2 test split",
+        ),
+    ),
+}

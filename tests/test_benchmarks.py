@@ -9,8 +9,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import cut_costs, paper  # noqa: E402
+from benchmarks import cut_costs, paper, report  # noqa: E402
 
 
 def write_summary(out: Path, name: str, **figures: Any) -> None:
@@ -143,6 +145,67 @@ def test_clients_study_table_has_the_gap_and_the_model_transfers(tmp_path: Path)
     assert "| dsl, 10 clients parallel, Dir(0.1) | 1 | 44.00 |" in text and "| 1.0 MiB | " in text
     assert text.count("| -6.00 |") == 1 and text.count("| -2.00 |") == 1
     assert (tmp_path / "clients_cifar10_shallow_pairs.png").stat().st_size > 10_000
+
+
+def test_text_study_table_has_dev_and_test_accuracy_costs_over_sl_and_the_baseline(tmp_path: Path) -> None:
+    mib = 2**20
+    arms = {  # seed -> (val/acc, test/acc, bytes down, peak saved activations in MiB)
+        "sl": {0: (0.80, 0.79, 4 * mib, 100)},
+        "dsl": {0: (0.81, 0.76, 0, 40), 1: (0.81, 0.78, 0, 40)},
+        "dsl_mlp": {0: (0.75, 0.80, 0, 50)},
+    }
+    for arm, seeds in arms.items():
+        for seed, (dev, test, down, saved) in seeds.items():
+            write_summary(
+                tmp_path,
+                f"sst2-shallow-{arm}-s{seed}",
+                **{"val/acc": dev, "val/aux_acc": 0.6, "test/acc": test, "test/aux_acc": 0.70},
+                **{"comm/total_bytes_up": 4 * mib, "comm/total_bytes_down": down, "comm/bytes_per_token_up": 1027.3},
+                **{"memory/saved_peak_bytes": saved * mib, "seconds_per_epoch": 10.0, "params/aux_head": 514},
+                **{"epochs": 1, "history": [{"epoch": 0.0, "val/acc": dev, "val/aux_acc": 0.6}]},
+            )
+    paper.report(tmp_path, ["text"])
+    text = (tmp_path / "results.md").read_text()
+    header = (
+        "| dataset | cut | arm | seeds | dev acc (split network) | test acc (split network) |"
+        " test acc (client + aux head) | bytes up+down / epoch | peak saved activations | bytes up per token |"
+        " s / epoch | bytes / sl's | memory / sl's | dsl − sl test acc (points) |\n|" + "---|" * 14 + "\n"
+    )
+    assert header in text
+    # per token in plain bytes; bytes (4 + 4 MiB against 4 MiB) and memory (100 MiB against 40) over sl's
+    assert (
+        "| sst2 | shallow | sl | 1 | 80.00 | 79.00 | 70.00 | 8.0 MiB | 100.0 MiB | 1027.3 B | 10.0 | 1.000 | 1.000 |  |"
+        in text
+    )
+    # the gap compares test accuracies: (76 + 78) / 2 - 79 and 80 - 79 (the dev accuracies would give +1 and -5)
+    assert (
+        "| sst2 | shallow | dsl, linear head (masked mean) | 2 | 81.00 ± 0.00 | 77.00 ± 1.41 | 70.00 ± 0.00 |"
+        " 4.0 MiB ± 0.0 | 40.0 MiB ± 0.0 | 1027.3 B ± 0.0 | 10.0 ± 0.0 | 0.500 | 0.400 | -2.00 |"
+    ) in text
+    assert "| dsl, mlp head | 1 | 75.00 | 80.00 |" in text and "| 0.500 | 0.500 | +1.00 |" in text
+    baseline = (
+        "Kim (2014), CNN with random embeddings (CNN-rand), trained from scratch: 82.7 % on this SST-2 test split."
+    )
+    assert f"|\n\nBaseline: {baseline}\n" in text
+    # one epoch per run: one figure of the accuracies and the costs over sl's instead of per-epoch curves per cut
+    assert (tmp_path / "text_sst2.png").stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["text_sst2.png"]
+
+
+@pytest.mark.parametrize(
+    ("key", "figures", "expected"),
+    [
+        ("comm/bytes_per_token_up", [1027.3], "1027.3 B"),
+        ("memory/saved_peak_bytes_per_position", [10.0, 12.0], "11.0 B ± 1.4"),
+        ("comm/bytes_per_epoch", [3 * 2**20], "3.0 MiB"),
+        ("comm/sync_bytes_per_epoch", [2**19, 3 * 2**19], "1.0 MiB ± 0.7"),
+        ("test/aux_acc", [0.5, 0.6], "55.00 ± 7.07"),
+    ],
+)
+def test_report_formats_bytes_per_epoch_in_mib_and_per_token_in_bytes(
+    key: str, figures: list[float], expected: str
+) -> None:
+    assert report.fmt(key, figures) == expected
 
 
 def test_split_wall_time_at_toy_size(tmp_path: Path) -> None:

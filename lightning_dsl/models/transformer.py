@@ -22,6 +22,8 @@ Example::
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -212,16 +214,6 @@ def _init_weights(module: nn.Module) -> None:
 
 
 @register_model
-def text_transformer(
-    vocab_size: int = 8000,
-    max_length: int = 64,
-    num_classes: int = 2,
-    dim: int = 128,
-    depth: int = 6,
-    heads: int = 4,
-    mlp_ratio: int = 4,
-    dropout: float = 0.1,
-    pool: str = "mean",
-) -> TextTransformer:
-    """Build a :class:`TextTransformer` (the arguments are its own)."""
-    return TextTransformer(vocab_size, max_length, num_classes, dim, depth, heads, mlp_ratio, dropout, pool)
+def text_transformer(**kwargs: Any) -> TextTransformer:
+    """Build a :class:`TextTransformer`; the keyword arguments are its own (``vocab_size``, ``depth``, ...)."""
+    return TextTransformer(**kwargs)

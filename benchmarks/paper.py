@@ -100,7 +100,7 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, Variant, int]]:
         cuts, variants = STUDIES[study]
         for dataset in args.datasets:
             for seed in args.seeds:
-                for cut in [c for c in cuts if c in args.cuts]:
+                for cut in [c for c in cuts if args.cuts is None or c in args.cuts]:
                     for variant in variants:
                         if study == "paper" and variant.mode not in args.modes:
                             continue
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--protocol", choices=["cpu", "gpu"], default="cpu")
     parser.add_argument("--studies", nargs="+", default=["paper"], choices=list(STUDIES))
     parser.add_argument("--datasets", nargs="+", default=["cifar10"], choices=list(DATASETS))
-    parser.add_argument("--cuts", nargs="+", default=list(CUTS), choices=CUTS)
+    parser.add_argument("--cuts", nargs="+", default=None, help=f"only these of the studies' cuts (e.g. {CUTS[0]})")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     parser.add_argument("--arms", nargs="+", default=None, help="only these arms of the studies (e.g. dsl_conv)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

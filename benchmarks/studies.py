@@ -126,8 +126,9 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
     ),
     # A transformer on text (SST-2): sl and dsl at the three cuts, and the mlp head (the image studies' best heads
     # pool a spatial grid, which a sequence does not have; the mlp is the other built-in head that applies).
+    # Cut 1 puts the embeddings alone on the client: in dsl they learn from a bag-of-words head.
     "text": (
-        CUTS,
+        ("1", *CUTS),
         (
             SL,
             Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)", pair="sl"),

@@ -137,8 +137,9 @@ def build_tokenizer(texts: Sequence[str], vocab_size: int, lowercase: bool = Tru
         lowercase: lower-case (and strip accents from) the text before tokenizing.
 
     Returns:
-        The tokenizer: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, then the other tokens in sorted order (the same
-        ids on every run and machine), with ``[CLS]`` prepended by ``encode``.
+        The tokenizer: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, then the other tokens in sorted order (one
+        token, one id on every run; see ``tokenizer_file`` for the tokens themselves), with ``[CLS]`` prepended
+        by ``encode``.
 
     Example::
 

@@ -247,7 +247,7 @@ class TextDataModule(LightningDataModule):
         bucket_pool: ``0``: shuffled training batches. ``k >= 1``: batches of similar lengths
             (:class:`~lightning_dsl.data.buckets.BucketBatchSampler`): the shuffled examples are sorted by length
             in pools of ``k`` batches' worth, cut into batches, and the batches shuffled; far less padding (SST-2
-            with ``k = 100``: 1.1 padded positions per real token instead of 3.6). Validation and test keep the
+            with ``k = 100``: 1.03 padded positions per real token instead of 3.6). Validation and test keep the
             file order.
         lowercase: lower-case (and strip accents from) the text before tokenizing.
         cache_dir: where to cache the tokenizer; ``None`` for ``<root>/.cache`` or ``~/.cache/lightning_dsl``.

@@ -312,3 +312,10 @@ def test_config_trains_a_few_batches(
         samples = 2 * data.batch_size
         assert summary["comm/total_bytes_up"] == samples * summary["comm/bytes_per_sample_up"]
     assert list((in_tmp / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_the_text_network_takes_its_vocabulary_and_positions_from_the_data(in_tmp: Path) -> None:
+    cli = parse(CONFIGS / "sst2_transformer.yaml", "--data.init_args.vocab_size=500", "--data.init_args.max_length=32")
+    embeddings = cli.model.client[0]
+    assert (embeddings.tokens.num_embeddings, embeddings.positions.num_embeddings) == (500, 32)
+    assert cli.config["model"]["init_args"]["network"]["init_args"]["max_length"] == 32

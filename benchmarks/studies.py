@@ -80,6 +80,7 @@ def _clients(mode: str, clients: int, partition: str, schedule: str = "parallel"
 
 DSL_POOL2 = _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2)
 DSL_MLP = _head("dsl_mlp", "mlp", "dsl, mlp head")
+DSL_TEXT = Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)", pair="sl")
 _NO_SCHEDULE = ("--model.init_args.client_lr_scheduler=null", "--model.init_args.server_lr_scheduler=null")
 
 # What each study sweeps, and at which cuts. Every study shares the sl and dsl arms of the paper study,
@@ -127,13 +128,12 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
     # A transformer on text (SST-2): sl and dsl at the three cuts, and the mlp head (the image studies' best heads
     # pool a spatial grid, which a sequence does not have; the mlp is the other built-in head that applies).
     # Cut 1 puts the embeddings alone on the client: in dsl they learn from a bag-of-words head.
-    "text": (
-        ("1", *CUTS),
-        (
-            SL,
-            Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)", pair="sl"),
-            replace(DSL_MLP, pair="sl"),
-        ),
+    "text": (("1", *CUTS), (SL, DSL_TEXT, replace(DSL_MLP, pair="sl"))),
+    # Compressed hidden states at the balanced cut: a transformer's residual stream has outlier features, which a
+    # per-tensor int8 scale may not carry; the mask always crosses exact.
+    "text_codecs": (
+        ("middle",),
+        (SL, DSL_TEXT, replace(_codec("dsl", "fp16"), pair="sl"), replace(_codec("dsl", "int8"), pair="sl")),
     ),
     # The same recipe without the learning-rate schedule (constant lr 0.1), as the issue's first measurement.
     "recipe": (
@@ -235,3 +235,4 @@ REPORTS: dict[str, StudyReport] = {
         ),
     ),
 }
+REPORTS["text_codecs"] = REPORTS["text"]

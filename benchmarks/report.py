@@ -9,7 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.studies import CUTS, MODES, REPORTS, STUDIES, StudyReport
+from benchmarks.studies import CUTS, MODES, STUDIES, report_of
 
 
 def collect(out: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
@@ -113,7 +113,7 @@ def gap(dsl: list[dict[str, Any]], sl: list[dict[str, Any]], key: str = "val/acc
 
 def study_table(runs: dict[tuple[str, str, str], list[dict[str, Any]]], study: str) -> str:
     cuts, variants = STUDIES[study]
-    spec = REPORTS.get(study, StudyReport())
+    spec = report_of(study)
     figures, ratios = spec.figures, spec.ratios
     paired = any(v.pair for v in variants)
     headers = [*figures.values(), *ratios.values(), *([spec.gap] if paired else [])]
@@ -214,7 +214,7 @@ def one_epoch(runs: dict[tuple[str, str, str], list[dict[str, Any]]], dataset: s
 
 def study_plots(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any, study: str) -> list[Path]:
     cuts, variants = STUDIES[study]
-    spec = REPORTS.get(study, StudyReport())
+    spec = report_of(study)
     written = []
     for dataset in sorted({k[0] for k in runs}):
         if one_epoch(runs, dataset, study):
@@ -277,7 +277,7 @@ def overview_plot(
     runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path, plt: Any, study: str, dataset: str
 ) -> list[Path]:
     """One figure for a study of one epoch per run: the arms' accuracies at each cut, and their costs over sl's."""
-    spec = REPORTS.get(study, StudyReport())
+    spec = report_of(study)
     all_cuts, variants = STUDIES[study]
     cuts = [c for c in all_cuts if any((dataset, c, v.name) in runs for v in variants)]
     arms = [v for v in variants if any((dataset, c, v.name) in runs for c in cuts)]
@@ -334,7 +334,7 @@ def pairs_plot(runs: dict[tuple[str, str, str], list[dict[str, Any]]], out: Path
     A study of one epoch per run has its gaps in :func:`overview_plot` instead.
     """
     cuts, variants = STUDIES[study]
-    key = REPORTS.get(study, StudyReport()).accuracy
+    key = report_of(study).accuracy
     written = []
     for dataset in sorted({k[0] for k in runs}):
         if one_epoch(runs, dataset, study):

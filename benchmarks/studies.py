@@ -236,3 +236,8 @@ REPORTS: dict[str, StudyReport] = {
     ),
 }
 REPORTS["text_codecs"] = REPORTS["text"]
+
+
+def report_of(study: str) -> StudyReport:
+    """What ``study``'s report shows (the defaults for a study not in :data:`REPORTS`)."""
+    return REPORTS.get(study, StudyReport())

@@ -69,7 +69,7 @@ class CommunicationMonitor(Callback):
         self.sync_bytes_up = 0
         self.sync_bytes_down = 0
         self.client_totals: dict[int, Traffic] = {}  # training and sync traffic of each client's link
-        self.tokens_up = 0  # real tokens of the sequences sent up in training (0 for other inputs)
+        self._tokens_up: torch.Tensor | int = 0  # real tokens sent up in training, kept on the device (0: no sequences)
         self.positions_up = 0  # their padded positions
         self.client_parameter_bytes: int | None = None
         self.client_state_bytes: int | None = None
@@ -137,7 +137,7 @@ class CommunicationMonitor(Callback):
         self._count_sync()
         tokens = batch_tokens(batch) if sent.bytes_up else None  # a server in its own process has no inputs
         if tokens is not None:
-            self.tokens_up += tokens[0]
+            self._tokens_up = tokens[0] + self._tokens_up  # read (one copy to the host) only when asked for
             self.positions_up += tokens[1]
         if self.bytes_per_sample_up is None:
             self.bytes_per_sample_up = sent.bytes_up / batch_size
@@ -152,6 +152,11 @@ class CommunicationMonitor(Callback):
         self._log(pl_module, "total_bytes_down", self.total_bytes_down, batch_size, on_step=True)
         self._log(pl_module, "sync_bytes_up", self.sync_bytes_up, batch_size, on_step=True)
         self._log(pl_module, "sync_bytes_down", self.sync_bytes_down, batch_size, on_step=True)
+
+    @property
+    def tokens_up(self) -> int:
+        """Real tokens of the sequences sent up in training (0 for other inputs)."""
+        return int(self._tokens_up)
 
     def _count_sync(self) -> None:
         """Add the model transfers made since the last count.
@@ -259,7 +264,7 @@ class CommunicationMonitor(Callback):
         self.sync_bytes_up = int(state_dict.get("sync_bytes_up", 0))
         self.sync_bytes_down = int(state_dict.get("sync_bytes_down", 0))
         self.client_totals = {int(i): Traffic(**t) for i, t in state_dict.get("client_totals", {}).items()}
-        self.tokens_up = int(state_dict.get("tokens_up", 0))
+        self._tokens_up = int(state_dict.get("tokens_up", 0))
         self.positions_up = int(state_dict.get("positions_up", 0))
 
     def summary(self) -> dict[str, float | int]:
@@ -279,10 +284,11 @@ class CommunicationMonitor(Callback):
             "sync_bytes_up": self.sync_bytes_up,
             "sync_bytes_down": self.sync_bytes_down,
         }
-        if self.tokens_up:
-            figures["tokens_up"] = self.tokens_up
+        tokens = self.tokens_up
+        if tokens:
+            figures["tokens_up"] = tokens
             figures["positions_up"] = self.positions_up
-            figures["bytes_per_token_up"] = self.total_bytes_up / self.tokens_up
+            figures["bytes_per_token_up"] = self.total_bytes_up / tokens
         if len(self.client_totals) > 1:
             for client, traffic in sorted(self.client_totals.items()):
                 figures[f"client{client}/total_bytes_up"] = traffic.bytes_up

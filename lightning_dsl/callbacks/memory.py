@@ -163,9 +163,9 @@ class PeakMemoryMonitor(PhaseCallback):
         if self._cuda is not None:
             step = max(self._step_cuda, torch.cuda.max_memory_allocated(self._cuda))
             self._interval_cuda["step"] = max(self._interval_cuda.get("step", 0), step)
-        tokens = batch_tokens(batch)
-        if tokens is not None and self.saved_tensors and self.tracker.peak_bytes > self.saved_activation_peak_bytes:
-            self.saved_peak_positions = tokens[1]  # this batch raised the run's peak
+        if self.saved_tensors and self.tracker.peak_bytes > self.saved_activation_peak_bytes:
+            tokens = batch_tokens(batch)  # this batch raised the run's peak: its positions, when it holds sequences
+            self.saved_peak_positions = tokens[1] if tokens is not None else self.saved_peak_positions
         self._update_run_peaks()
         if self.logging_interval == "step":
             self._log(pl_module, on_step=True)

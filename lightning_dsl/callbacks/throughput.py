@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torch import Tensor
 
 from lightning_dsl.core.clients import client_entries
 from lightning_dsl.core.cut import Arrival, Arrivals
@@ -39,21 +40,24 @@ def default_batch_size(batch: Any) -> int:
     )
 
 
-def batch_tokens(batch: Any) -> tuple[int, int] | None:
+def batch_tokens(batch: Any) -> tuple[Tensor, int] | None:
     """``(real tokens, padded positions)`` of a batch of sequences (every client's), ``None`` for other batches.
+
+    The real tokens are a count on the batch's device, so that counting them each step makes no host-device copy.
 
     Example::
 
         >>> ids = torch.tensor([[2, 7, 8], [2, 9, 0]])
-        >>> batch_tokens((MaskedSequence(ids, ids != 0), torch.tensor([1, 0])))
+        >>> tokens, positions = batch_tokens((MaskedSequence(ids, ids != 0), torch.tensor([1, 0])))
+        >>> int(tokens), positions
         (5, 6)
     """
     if isinstance(batch, MaskedSequence):
-        return batch.tokens, batch.mask.numel()
+        return batch.mask.sum(), batch.mask.numel()
     entries = client_entries(batch)
     if entries is not None:
         counts = [c for c in map(batch_tokens, entries) if c is not None]
-        return (sum(c[0] for c in counts), sum(c[1] for c in counts)) if counts else None
+        return (torch.stack([c[0] for c in counts]).sum(), sum(c[1] for c in counts)) if counts else None
     if isinstance(batch, (list, tuple)) and batch and is_inputs(batch[0]):
         return batch_tokens(batch[0])
     return None

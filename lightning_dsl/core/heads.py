@@ -99,13 +99,16 @@ def build_aux_head(
         raise ValueError(f"Expected `aux_head_kwargs['hidden']` to be a positive int, got {hidden!r}.")
     shape = torch.Size(activation_shape)
     if sequence:
-        return _sequence_head(spec, shape, num_classes, pool, hidden)
-    features = _pooled_features(shape, pool)
+        _check_sequence_head(spec, shape, pool)
+        pooling: nn.Module = MaskedMeanPool()
+        features = shape[1]
+    else:
+        pooling, features = PoolFlatten(pool), _pooled_features(shape, pool)
     if spec == "linear":
-        return nn.Sequential(PoolFlatten(pool), nn.Linear(features, num_classes))
+        return nn.Sequential(pooling, nn.Linear(features, num_classes))
     if spec == "mlp":
         return nn.Sequential(
-            PoolFlatten(pool), nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+            pooling, nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
         )
     if len(shape) != 3:
         raise ValueError(
@@ -117,13 +120,13 @@ def build_aux_head(
         nn.Conv2d(channels, channels, 3, padding=1, bias=False),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
-        PoolFlatten(pool),
+        pooling,
         nn.Linear(features, num_classes),
     )
 
 
-def _sequence_head(spec: str, shape: torch.Size, num_classes: int, pool: int, hidden: int) -> nn.Module:
-    """A head on a sequence's hidden states ``(T, D)`` per sample: masked mean over the tokens, then the layers."""
+def _check_sequence_head(spec: str, shape: torch.Size, pool: int) -> None:
+    """Refuse what a head on hidden states ``(T, D)`` per sample cannot do: it pools by the masked mean."""
     if len(shape) != 2:
         raise ValueError(
             f"Expected a sequence cut activation of per-sample shape (length, features), got {tuple(shape)}."
@@ -138,12 +141,6 @@ def _sequence_head(spec: str, shape: torch.Size, num_classes: int, pool: int, hi
             f"Expected `aux_head_kwargs['pool']` to be 1 for a sequence cut activation (the mean over each sequence's"
             f" real tokens; sequences have no fixed length to flatten or grid to pool to), got {pool!r}."
         )
-    features = shape[1]
-    if spec == "linear":
-        return nn.Sequential(MaskedMeanPool(), nn.Linear(features, num_classes))
-    return nn.Sequential(
-        MaskedMeanPool(), nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
-    )
 
 
 def check_aux_head(aux_head: nn.Module, z: Activation, num_classes: int) -> None:

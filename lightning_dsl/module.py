@@ -1,7 +1,11 @@
 """``DecoupledSplitModule``: split learning, decoupled or conventional, as a LightningModule.
 
-The algorithm of one step lives in :mod:`lightning_dsl.core.step`; this module wires it to
-Lightning: manual optimization with two optimizers, logging, schedulers and checkpoints.
+This file is the Lightning face: each hook is a few lines that hand the work to a collaborator.
+The algorithm of one step is :mod:`lightning_dsl.core.step`; the checked arguments are
+:mod:`lightning_dsl.core.config` (values) and :mod:`lightning_dsl.core.assembly` (network, halves, head,
+codecs); the optimizers :mod:`lightning_dsl.core.optimizers`; the clients and their FedAvg rounds
+:mod:`lightning_dsl.core.clients`; what the step hooks do batch by batch :mod:`lightning_dsl.loops`; the
+Trainer's side :mod:`lightning_dsl.trainer_glue`.
 """
 
 from __future__ import annotations
@@ -14,29 +18,29 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_dsl.core.accumulation import Window, accumulation_window
-from lightning_dsl.core.clients import ClientPair, ClientPool, client_batches, shard_sizes
-from lightning_dsl.core.codecs import Codec, check_codec_dtype, get_codec
-from lightning_dsl.core.cut import Arrival, Arrivals, Cut
-from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
+from lightning_dsl import loops
+from lightning_dsl.core.assembly import (
+    HeadOptions,
+    check_cut_codecs,
+    check_network_output,
+    probe_cut_activation,
+    resolve_network,
+)
+from lightning_dsl.core.clients import ClientPair, ClientPool
+from lightning_dsl.core.codecs import Codec, get_codec
+from lightning_dsl.core.config import CLIP_ALGORITHMS, MODES, RunConfig
+from lightning_dsl.core.cut import Arrival, Cut
+from lightning_dsl.core.optimizers import build_optimizers, build_schedulers, default_optimizer, step_schedulers
 from lightning_dsl.core.peek import batch_inputs, peek_inputs
-from lightning_dsl.core.sequence import Activation, MaskedSequence, example_inputs, values_of
+from lightning_dsl.core.sequence import values_of
 from lightning_dsl.core.split import named_cuts, split_network
-from lightning_dsl.core.step import StepOutput, split_step
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
-from lightning_dsl.trainer_glue import allow_partial_backward, refuse_trainer_flags, stage_loader
+from lightning_dsl.trainer_glue import allow_partial_backward, check_trainer_fits, refuse_trainer_flags, stage_loader
 
-MODES = ("dsl", "sl", "hybrid")
-CLIP_ALGORITHMS = ("norm", "value")
+__all__ = ["CLIP_ALGORITHMS", "MODES", "DecoupledSplitModule", "default_optimizer"]
 PhaseHook = Callable[[str], contextlib.AbstractContextManager[Any]]
-
-
-def default_optimizer(params: Any) -> torch.optim.Optimizer:
-    """The default for both sides: SGD, lr 0.1, momentum 0.9, weight decay 5e-4 (the CIFAR-ResNet recipe)."""
-    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
 
 
 class DecoupledSplitModule(LightningModule):
@@ -153,78 +157,53 @@ class DecoupledSplitModule(LightningModule):
         self.save_hyperparameters(ignore=ignore)
         self.automatic_optimization = False
 
-        if mode not in MODES:
-            raise ValueError(f"Expected argument `mode` to be one of {list(MODES)}, but got {mode!r}.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"Expected argument `num_classes` to be an int >= 2, but got {num_classes!r}.")
-        if scheduler_interval not in ("epoch", "step"):
-            raise ValueError(
-                f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}."
-            )
+        self.config = config = RunConfig.check(
+            mode=mode,
+            num_classes=num_classes,
+            scheduler_interval=scheduler_interval,
+            num_clients=num_clients,
+            client_schedule=client_schedule,
+            aggregate_every=aggregate_every,
+            evaluate_clients=evaluate_clients,
+            feedback_weight=feedback_weight,
+            feedback_every=feedback_every,
+            gradient_clip_val=gradient_clip_val,
+            gradient_clip_algorithm=gradient_clip_algorithm,
+            accumulate_grad_batches=accumulate_grad_batches,
+            predict_aux_logits=predict_aux_logits,
+        )
+        self.mode, self.num_classes, self.scheduler_interval = (
+            config.mode,
+            config.num_classes,
+            config.scheduler_interval,
+        )
+        self.feedback_weight, self.feedback_every = config.feedback_weight, config.feedback_every
+        self.gradient_clip_val, self.gradient_clip_algorithm = config.gradient_clip_val, config.gradient_clip_algorithm
+        self.accumulate_grad_batches, self.evaluate_clients = config.accumulate_grad_batches, config.evaluate_clients
+        self.predict_aux_logits = config.predict_aux_logits
+        self.client_optimizer, self.server_optimizer = client_optimizer, server_optimizer
+        self.client_lr_scheduler, self.server_lr_scheduler = client_lr_scheduler, server_lr_scheduler
         # The clients' own halves and heads (parallel, N > 1) and their rounds; self.client / self.aux_head are
         # the aggregate (or the one shared half and head).
         self.clients = ClientPool(num_clients, client_schedule, aggregate_every)
-        if not isinstance(evaluate_clients, bool):
-            raise ValueError(f"Expected argument `evaluate_clients` to be True or False, but got {evaluate_clients!r}.")
-        self.evaluate_clients = evaluate_clients
-        self.mode = mode
-        self.num_classes = num_classes
-        self.feedback_weight, self.feedback_every = _check_feedback(mode, feedback_weight, feedback_every)
-        self.client_optimizer = client_optimizer
-        self.server_optimizer = server_optimizer
-        self.client_lr_scheduler = client_lr_scheduler
-        self.server_lr_scheduler = server_lr_scheduler
-        self.scheduler_interval = scheduler_interval
-        self.gradient_clip_val, self.gradient_clip_algorithm = _check_clipping(
-            gradient_clip_val, gradient_clip_algorithm
-        )
-        accumulation_window(0, accumulate_grad_batches)  # checks the argument (an int >= 1)
-        if accumulate_grad_batches > 1 and num_clients > 1:
-            # Each side would accumulate its own batches: a client k of its batches, the server k client batches.
-            # Until that is defined and tested against a reference, it is refused rather than guessed.
-            raise ValueError(
-                f"Argument `accumulate_grad_batches`={accumulate_grad_batches} is supported with one client only, but"
-                f" `num_clients`={num_clients}: use accumulate_grad_batches=1 with several clients."
-            )
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.predict_aux_logits = bool(predict_aux_logits)
         self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"))
 
         if split_index is None:
             raise ValueError(
                 "Argument `split_index` is required: the number of cut units on the client, or a cut name."
             )
-        if network is None:
-            network = self.build_network()
-        elif isinstance(network, str):
-            from lightning_dsl.models import create_model, list_models
-
-            if network not in list_models():
-                raise ValueError(
-                    f"Expected argument `network` to be an nn.Module or a registered model name, one of"
-                    f" {list_models()}, but got {network!r}."
-                )
-            network = create_model(network, num_classes=num_classes)
+        network = self.build_network() if network is None else resolve_network(network, num_classes)
         self.cut_names = named_cuts(network)  # {"shallow": 19, ...}: what `lightning-dsl cuts` marks
         halves = split_network(network, split_index)
         self.client, self.server = halves.client, halves.server
         self.split_index, self.num_units = halves.split_index, halves.num_units
 
-        if not isinstance(aux_head, nn.Module) and aux_head not in HEADS:
-            raise ValueError(
-                f"Expected argument `aux_head` to be one of {list(HEADS)} or an nn.Module, got {aux_head!r}."
-            )
-        if aux_head_lr is not None and (isinstance(aux_head_lr, bool) or not aux_head_lr > 0):
-            raise ValueError(f"Expected argument `aux_head_lr` to be a float > 0 or None, got {aux_head_lr!r}.")
+        self.head_options = HeadOptions.check(aux_head, aux_head_kwargs, aux_head_lr)
         self.aux_head_lr = aux_head_lr
-        self._aux_head_spec = aux_head
-        self._aux_head_kwargs = dict(aux_head_kwargs or {})
-        unknown = sorted(set(self._aux_head_kwargs) - set(HEAD_OPTIONS))
-        if unknown:
-            raise ValueError(f"Unknown keys {unknown} in argument `aux_head_kwargs`: allowed are {list(HEAD_OPTIONS)}.")
         # A built-in head is built by `_build_aux_head` before any optimizer exists; a user's module is the head
-        # at once (its parameters exist) and is checked against the cut activation by `_build_aux_head` as soon
-        # as the input shape is known, at the latest on the first batch.
+        # at once (its parameters exist) and is checked against the cut activation as soon as the input shape is
+        # known, at the latest on the first batch. (Registered under this name too, as checkpoints always had it.)
+        self._aux_head_spec = aux_head
         self.aux_head: nn.Module = aux_head if isinstance(aux_head, nn.Module) else nn.Identity()
         self._aux_head_built = False
         self.input_shape = tuple(input_shape) if input_shape is not None else None
@@ -251,18 +230,11 @@ class DecoupledSplitModule(LightningModule):
 
     def _build_aux_head(self, input_shape: Sequence[int]) -> None:
         """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
-        z = self._probe_cut_activation(input_shape)
-        values = values_of(z)
-        self._check_codecs(values.dtype)
-        sequence = isinstance(z, MaskedSequence)
-        head = build_aux_head(
-            self._aux_head_spec, values.shape[1:], self.num_classes, **self._aux_head_kwargs, sequence=sequence
-        )
-        if isinstance(self._aux_head_spec, str):  # a built-in head follows the network's device and dtype
-            head = head.to(device=values.device, dtype=values.dtype if values.is_floating_point() else None)
-        check_aux_head(head, z, self.num_classes)
-        self._check_network_output(z)
-        self.aux_head = head.to(values.device)
+        z = probe_cut_activation(self.client, self.split_index, input_shape)
+        check_cut_codecs(self.cut, values_of(z).dtype, self.mode)
+        head = self.head_options.build(z, self.num_classes)
+        check_network_output(self.server, z, self.num_classes)
+        self.aux_head = head
         self.input_shape = tuple(int(s) for s in input_shape)
         self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
         self._aux_head_built = True
@@ -287,65 +259,21 @@ class DecoupledSplitModule(LightningModule):
         """Client ``index``'s half and auxiliary head (the shared ones with one client or the sequential schedule)."""
         return self.clients.pair(index, (self.client, self.aux_head))
 
-    def _check_codecs(self, dtype: torch.dtype) -> None:
-        """Refuse a codec that cannot carry the cut's ``dtype`` (the gradient sent down has the same dtype)."""
-        assert isinstance(self.cut.codec, Codec) and isinstance(self.cut.grad_codec, Codec)
-        check_codec_dtype(self.cut.codec, dtype, "codec")
-        if self.mode != "dsl":  # in dsl nothing is sent down
-            check_codec_dtype(self.cut.grad_codec, dtype, "grad_codec")
-
-    @torch.no_grad()
-    def _probe_cut_activation(self, input_shape: Sequence[int]) -> Activation:
-        """Run the client on a dummy batch of 2 in eval mode: no BatchNorm statistic moves."""
-        parameter = next(self.client.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
-        was_training = self.client.training
-        self.client.eval()
-        try:
-            return self.client(example_inputs(self.client[0], input_shape, 2, device, dtype))
-        except Exception as err:
-            raise ValueError(
-                f"The client (units [0, {self.split_index}) of the network) cannot run on inputs of shape"
-                f" {tuple(input_shape)} (argument `input_shape`): {err}"
-            ) from err
-        finally:
-            self.client.train(was_training)
-
-    @torch.no_grad()
-    def _check_network_output(self, z: Activation) -> None:
-        """Refuse a network whose logits have another number of classes than ``num_classes`` (before training)."""
-        was_training = self.server.training
-        self.server.eval()
-        try:
-            logits = self.server(z)
-        finally:
-            self.server.train(was_training)
-        if isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[1] != self.num_classes:
-            raise ValueError(
-                f"The network's output has {logits.shape[1]} classes, but argument `num_classes` is {self.num_classes}:"
-                f" build the network for {self.num_classes} classes (its own `num_classes` argument)."
-            )
+    def feedback_weight_at(self, batch: int) -> float | None:
+        """λ for the ``batch``-th training batch (0-based), or ``None`` for a decoupled step."""
+        return self.config.feedback_weight_at(batch)
 
     def setup(self, stage: str) -> None:
         """Build the auxiliary head from the data when ``input_shape`` was not given; check the data fits."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(
-                f"Argument `num_classes` is {self.num_classes}, but the data module has {data_classes} classes."
+        if self._trainer is not None:
+            check_trainer_fits(
+                self.trainer, self.num_classes, self.mode, lambda d: check_cut_codecs(self.cut, d, self.mode)
             )
-        if self._trainer is not None and self.mode != "dsl" and str(self.trainer.precision) == "16-mixed":
-            raise ValueError(
-                f"precision='16-mixed' is supported in mode 'dsl' only (the gradient sent down in mode {self.mode!r}"
-                " would be loss-scaled twice): use precision='bf16-mixed' or 32."
-            )
-        if self._trainer is not None and str(self.trainer.precision).startswith("bf16"):
-            self._check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut
         if not self._aux_head_built:
             shape = getattr(datamodule, "input_shape", None)
             # A user's head waits for a batch; a server in its own process has no data (a client tells it the shape).
-            if shape is None and not isinstance(self._aux_head_spec, nn.Module) and "client" in self.cut.sides:
+            if shape is None and not self.head_options.is_module and "client" in self.cut.sides:
                 shape = self._input_shape_from_loader(stage)
             if shape is not None:
                 self._build_aux_head(shape)
@@ -396,42 +324,24 @@ class DecoupledSplitModule(LightningModule):
         parameter groups are named by side (``client``, ``aux_head``, ``server``; ``client<i>``, ``aux_head<i>``
         with several clients), so ``LearningRateMonitor`` logs ``lr/client``, ``lr/server``, ...
         """
-        optimizers = [self.client_optimizer(self._client_parameters(i)) for i in range(self.num_clients)]
-        optimizers.append(self.server_optimizer(self.server.parameters()))
-        for index, optimizer in enumerate(optimizers[:-1]):
-            suffix = str(index) if self.num_clients > 1 else ""
-            _name_param_groups(optimizer, (f"client{suffix}", f"aux_head{suffix}"))
-        _name_param_groups(optimizers[-1], ("server",))
-        factories = [self.client_lr_scheduler] * self.num_clients + [self.server_lr_scheduler]
-        # LearningRateMonitor logs "<name>/<param group name>": lr/client, lr/server (lr/aux_head).
-        schedulers = [
-            {"scheduler": factory(optimizer), "interval": self.scheduler_interval, "name": "lr"}
-            for factory, optimizer in zip(factories, optimizers, strict=True)
-            if factory is not None
-        ]
+        pairs = [self.client_pair(i) for i in range(self.num_clients)]
+        optimizers = build_optimizers(
+            pairs, self.server, self.client_optimizer, self.server_optimizer, self.aux_head_lr
+        )
+        schedulers = build_schedulers(
+            optimizers, self.client_lr_scheduler, self.server_lr_scheduler, self.scheduler_interval
+        )
         return optimizers, schedulers
 
-    def _client_parameters(self, index: int) -> Any:
-        client, head = self.client_pair(index)
-        if self.aux_head_lr is None:
-            return list(client.parameters()) + list(head.parameters())
-        # The head in its own parameter group, with its own learning rate.
-        return [{"params": list(client.parameters())}, {"params": list(head.parameters()), "lr": self.aux_head_lr}]
-
-    def _schedulers(self) -> list[Any]:
-        found = self.lr_schedulers()
-        if found is None:
-            return []
-        return list(found) if isinstance(found, list) else [found]
-
     def _step_schedulers(self) -> None:
-        for scheduler in self._schedulers():
-            if isinstance(scheduler, ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get("val/loss")
-                if metric is not None:
-                    scheduler.step(metric)
-            else:
-                scheduler.step()
+        found = self.lr_schedulers()
+        schedulers = [] if found is None else found if isinstance(found, list) else [found]
+        step_schedulers(schedulers, self.trainer.callback_metrics.get("val/loss"))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Clip the stepping side's gradients (after AMP's unscaling, which Lightning does before this hook)."""
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
 
     # ------------------------------------------------------------------ phases (memory accounting hooks in here)
     def add_phase_hook(self, hook: PhaseHook) -> None:
@@ -455,90 +365,34 @@ class DecoupledSplitModule(LightningModule):
         """The split network's prediction: ``server(client(x))``."""
         return self.server(self.client(x))
 
-    def feedback_weight_at(self, batch: int) -> float | None:
-        """λ for the ``batch``-th training batch (0-based), or ``None`` for a decoupled step."""
-        if self.mode == "dsl":
-            return None
-        if self.mode == "sl":
-            return 1.0
-        assert self.feedback_weight is not None and self.feedback_every is not None
-        if self.feedback_weight == 0.0 or (batch + 1) % self.feedback_every != 0:
-            return None
-        return self.feedback_weight
+    def criterion(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The loss of both sides (cross-entropy). Override for another task."""
+        return nn.functional.cross_entropy(logits, labels)
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """One split step per client batch, in client order (see :func:`lightning_dsl.core.step.split_step`)."""
-        *client_optimizers, server_optimizer = self.optimizers()  # type: ignore[misc,attr-defined]
-        window = self._accumulation_window(batch_idx)
-        outs: list[StepOutput] = []
-        for index, inputs, labels, feedback in self._step_entries(batch):
-            client, aux_head = self.clients.enter(index, (self.client, self.aux_head), self.cut)
-            out = split_step(
-                client,
-                self.server,
-                aux_head,
-                inputs,
-                labels,
-                cut=self.cut,
-                # A server in its own process has one (unused) client optimizer, whatever client a batch came from.
-                client_optimizer=client_optimizers[min(index, len(client_optimizers) - 1)],
-                server_optimizer=server_optimizer,
-                criterion=self.criterion,
-                backward=self.manual_backward,
-                feedback_weight=feedback,
-                phase=self._phase,
-                client_index=index,
-                zero_grad=window.zero_grad,
-                step_optimizers=window.step,
-                loss_scale=window.loss_scale,
-            )
-            self.clients.trained(index, len(out.labels))
-            if out.logits is not None:
-                self.train_acc(out.logits, out.labels)
-            if self.num_clients > 1 and out.aux_loss is not None:
-                self.log(f"train/aux_loss/client{index}", out.aux_loss, batch_size=len(out.labels))
-            outs.append(out)
-        self.batches_trained += 1
-        samples = sum(len(out.labels) for out in outs)
-        logged = {}
-        for name in ("loss", "aux_loss"):  # a process that runs one side has only that side's loss
-            values = [getattr(out, name) for out in outs if getattr(out, name) is not None]
-            if values:
-                logged[name] = torch.stack(values).mean()
-                self.log(f"train/{name}", logged[name], prog_bar=True, batch_size=samples)
-        if "server" in self.cut.sides:
-            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=samples)
-        if self.scheduler_interval == "step" and window.step:
-            self._step_schedulers()
-        if self._trainer is not None and self.trainer.is_last_batch:
-            # Before validation: the clients' upload and the average, when this epoch closes a FedAvg round.
-            self.clients.end_of_epoch(self.current_epoch, (self.client, self.aux_head), self.cut, self._shard_sizes())
-        loss = logged.get("loss", logged.get("aux_loss"))
-        return {**logged, "loss": loss, "feedback": any(out.feedback for out in outs)}
+        """One split step per client batch, in client order (see :func:`lightning_dsl.loops.train_batch`)."""
+        return loops.train_batch(self, batch, batch_idx)
 
-    def _step_entries(self, batch: Any) -> Iterator[tuple[int, Activation | None, Tensor | None, float | None]]:
-        """``(client, inputs, labels, feedback weight)`` per client batch of a training step.
+    def validation_step(self, batch: Sequence[Tensor] | Arrival, batch_idx: int) -> None:  # noqa: D102
+        loops.evaluate_batch(self, batch, "val")
 
-        On a server whose clients are other processes the batch is :class:`~lightning_dsl.core.cut.Arrivals`:
-        each client batch is received when it is reached, and it says whether its client waits for a gradient.
-        """
-        if isinstance(batch, Arrivals):
-            for arrival in batch:
-                yield arrival.client, None, None, 1.0 if arrival.reply else None
-            return
-        batches = client_batches(batch, self.num_clients, self.client_schedule)
-        for _, _, labels in batches:  # every client's labels, before any parameter changes
-            self._check_labels(labels)
-        feedback = self.feedback_weight_at(self.batches_trained)
-        for index, inputs, labels in batches:
-            yield index, inputs, labels, feedback
+    def test_step(self, batch: Sequence[Tensor] | Arrival, batch_idx: int) -> None:  # noqa: D102
+        loops.evaluate_batch(self, batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | dict[str, Tensor]:
+        """The split network's logits (see :func:`lightning_dsl.loops.predict_batch`)."""
+        return loops.predict_batch(self, batch)
 
     # ------------------------------------------------------------------ many clients
     def on_train_epoch_start(self) -> None:  # noqa: D102
         self.clients.start_of_epoch((self.client, self.aux_head), self.cut)  # a pending average goes down
 
+    def on_train_epoch_end(self) -> None:  # noqa: D102
+        if self.scheduler_interval == "epoch":
+            self._step_schedulers()
+
     def on_train_end(self) -> None:  # noqa: D102
-        self.clients.finish((self.client, self.aux_head), self.cut, self._shard_sizes())
+        self.clients.finish((self.client, self.aux_head), self.cut, loops.trained_shard_sizes(self))
 
     def aggregate_clients(self) -> None:
         """FedAvg of the clients' halves and heads (BatchNorm statistics included), weighted by shard size.
@@ -548,99 +402,8 @@ class DecoupledSplitModule(LightningModule):
         them (N loaders over sized datasets), else the samples each client trained on since the last
         aggregation. Each client's optimizer state stays as it is.
         """
-        self.clients.average((self.client, self.aux_head), self.cut, self._shard_sizes())
+        self.clients.average((self.client, self.aux_head), self.cut, loops.trained_shard_sizes(self))
         self.clients.broadcast((self.client, self.aux_head), self.cut)
-
-    def _shard_sizes(self) -> list[int] | None:
-        return shard_sizes(self.trainer.train_dataloader if self._trainer is not None else None, self.num_clients)
-
-    def _accumulation_window(self, batch_idx: int) -> Window:
-        """This batch's accumulation window; the epoch's last batch closes its window, as in Lightning."""
-        last = self.trainer.is_last_batch or batch_idx + 1 == self.trainer.num_training_batches
-        return accumulation_window(batch_idx, self.accumulate_grad_batches, last)
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Clip the stepping side's gradients (after AMP's unscaling, which Lightning does before this hook)."""
-        if self.gradient_clip_val:
-            self.clip_gradients(optimizer, self.gradient_clip_val, self.gradient_clip_algorithm)
-
-    def on_train_epoch_end(self) -> None:  # noqa: D102
-        if self.scheduler_interval == "epoch":
-            self._step_schedulers()
-
-    def criterion(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """The loss of both sides (cross-entropy). Override for another task."""
-        return nn.functional.cross_entropy(logits, labels)
-
-    def _evaluate(self, batch: Sequence[Tensor] | Arrival, stage: str) -> None:
-        """Evaluate the (aggregated) split network and the client + head alone on a global batch.
-
-        Across processes each side evaluates its part: a client its head alone (``aux_*``), sending its
-        activations up if it is the evaluating client; the server the split network on what arrives.
-        """
-        acc, aux_acc = (self.val_acc, self.val_aux_acc) if stage == "val" else (self.test_acc, self.test_aux_acc)
-        if isinstance(batch, Arrival):
-            z_up, labels_up = self.cut.receive_up(batch.client)
-        else:
-            inputs, labels = batch[0], batch[1]
-            self._check_labels(labels)
-            z = self.client(inputs)
-            aux_logits = self.aux_head(z)
-            aux_acc(aux_logits, labels)
-            self.log(f"{stage}/aux_loss", self.criterion(aux_logits, labels))
-            self.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
-            if self.cut.sends_evaluation:
-                z_up, labels_up = self.cut.send_up(z, labels)  # evaluation traffic crosses the cut too
-            if self.evaluate_clients and self.clients.differ:
-                # Between two aggregations the clients differ from their average: each one's own head, too.
-                metrics = self.val_client_aux_acc if stage == "val" else self.test_client_aux_acc
-                for index, metric in enumerate(metrics):
-                    assert isinstance(metric, MulticlassAccuracy)
-                    client, aux_head = self.client_pair(index)
-                    metric(aux_head(client(inputs)), labels)
-                    self.log(f"{stage}/aux_acc/client{index}", metric)
-        if "server" in self.cut.sides:
-            logits = self.server(z_up)
-            acc(logits, labels_up)
-            size = len(labels_up)
-            self.log(f"{stage}/loss", self.criterion(logits, labels_up), prog_bar=stage == "val", batch_size=size)
-            self.log(f"{stage}/acc", acc, prog_bar=stage == "val", batch_size=size)
-
-    def validation_step(self, batch: Sequence[Tensor] | Arrival, batch_idx: int) -> None:  # noqa: D102
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: Sequence[Tensor] | Arrival, batch_idx: int) -> None:  # noqa: D102
-        self._evaluate(batch, "test")
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor | dict[str, Tensor]:
-        """The split network's logits for a batch that is a tensor of inputs or ``(inputs, labels, ...)``.
-
-        With ``predict_aux_logits=True``, a dict ``{"logits": ..., "aux_logits": ...}`` (the client alone,
-        through its auxiliary head). The activations cross the cut (and are counted); labels do not.
-        """
-        inputs = batch_inputs(batch)
-        if inputs is None:
-            raise ValueError(
-                f"Expected a predict batch to be a tensor of inputs or a sequence (inputs, labels, ...), but got"
-                f" {type(batch).__name__}."
-            )
-        z = self.client(inputs)
-        no_labels = torch.empty(0, dtype=torch.long, device=z.device)  # the server needs none to predict
-        logits = self.server(self.cut.send_up(z, no_labels)[0])
-        if self.predict_aux_logits:
-            return {"logits": logits, "aux_logits": self.aux_head(z)}
-        return logits
-
-    def _check_labels(self, labels: Tensor) -> None:
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-            raise ValueError(f"Expected integer class labels, but the batch's labels have dtype {labels.dtype}.")
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= self.num_classes:
-            bad = low if low < 0 else high
-            raise ValueError(
-                f"Found label {bad} in a batch, outside [0, {self.num_classes - 1}] allowed by argument"
-                f" `num_classes`={self.num_classes}."
-            )
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
@@ -656,46 +419,3 @@ class DecoupledSplitModule(LightningModule):
         self.clients.load_state(state)
         if not self._aux_head_built and state.get("input_shape") is not None:
             self._build_aux_head(state["input_shape"])
-
-
-def _name_param_groups(optimizer: torch.optim.Optimizer, names: Sequence[str]) -> None:
-    """Name the parameter groups by side (``client``, ``aux_head``, ``server``) unless the user named them.
-
-    ``LearningRateMonitor`` appends a group's ``name`` to its key: ``lr-SGD/client`` and ``lr-SGD-1/server``
-    for optimizers without schedulers (it takes the rest from the optimizer's class), ``lr/client`` and
-    ``lr/server`` with schedulers (their config's ``name``).
-    """
-    if len(optimizer.param_groups) <= len(names):
-        for group, name in zip(optimizer.param_groups, names, strict=False):
-            group.setdefault("name", name)
-
-
-def _check_feedback(mode: str, weight: float | None, every: int | None) -> tuple[float | None, int | None]:
-    """Validate the hybrid options; they are refused in the modes that would ignore them."""
-    if mode != "hybrid":
-        given = [(n, v) for n, v in (("feedback_weight", weight), ("feedback_every", every)) if v is not None]
-        if given:
-            names, values = " and ".join(f"argument `{n}`" for n, _ in given), ", ".join(f"{n}={v!r}" for n, v in given)
-            raise ValueError(
-                f"Expected {names} to be None in mode {mode!r} (the feedback options apply only to mode 'hybrid'),"
-                f" but got {values}: leave them out, or set mode='hybrid'."
-            )
-        return None, None
-    weight = 0.5 if weight is None else weight
-    every = 1 if every is None else every
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= float(weight) <= 1.0:
-        raise ValueError(f"Expected argument `feedback_weight` to be a number in [0, 1], but got {weight!r}.")
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"Expected argument `feedback_every` to be an int >= 1, but got {every!r}.")
-    return float(weight), every
-
-
-def _check_clipping(value: float | None, algorithm: str) -> tuple[float | None, str]:
-    """Validate the clipping options (the Trainer's names and meaning: ``None`` or 0 is no clipping)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
-        raise ValueError(f"Expected argument `gradient_clip_val` to be a number >= 0 or None, but got {value!r}.")
-    if not isinstance(algorithm, str) or algorithm.lower() not in CLIP_ALGORITHMS:
-        raise ValueError(
-            f"Expected argument `gradient_clip_algorithm` to be one of {list(CLIP_ALGORITHMS)}, but got {algorithm!r}."
-        )
-    return (float(value) if value else None), algorithm.lower()

@@ -20,8 +20,10 @@ Three habits of Lightning users meet the module's manual optimization here:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import CombinedLoader
@@ -95,3 +97,27 @@ def refuse_trainer_flags(trainer: Trainer) -> None:
             f" optimization, two optimizers): pass DecoupledSplitModule(..., accumulate_grad_batches={accumulate!r})"
             " instead."
         )
+
+
+def check_trainer_fits(
+    trainer: Trainer, num_classes: int, mode: str, check_codecs: Callable[[torch.dtype], None]
+) -> None:
+    """Refuse, at ``setup``, a data module or a precision the run cannot train with.
+
+    Args:
+        trainer: the Trainer being set up.
+        num_classes: the module's ``num_classes``; a data module's ``num_classes`` must equal it.
+        mode: the module's mode: ``precision="16-mixed"`` is refused outside ``dsl`` (the gradient sent down
+            would be loss-scaled twice).
+        check_codecs: refuses codecs that cannot carry a dtype; called with ``bfloat16`` under bf16 precision.
+    """
+    data_classes = getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+    if data_classes is not None and data_classes != num_classes:
+        raise ValueError(f"Argument `num_classes` is {num_classes}, but the data module has {data_classes} classes.")
+    if mode != "dsl" and str(trainer.precision) == "16-mixed":
+        raise ValueError(
+            f"precision='16-mixed' is supported in mode 'dsl' only (the gradient sent down in mode {mode!r}"
+            " would be loss-scaled twice): use precision='bf16-mixed' or 32."
+        )
+    if str(trainer.precision).startswith("bf16"):
+        check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut

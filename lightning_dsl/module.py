@@ -11,6 +11,7 @@ Trainer's side :mod:`lightning_dsl.trainer_glue`.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from lightning_dsl import loops
 from lightning_dsl.core.assembly import (
     HeadOptions,
     check_cut_codecs,
+    check_head_fits_inputs,
     check_network_output,
     probe_cut_activation,
     resolve_network,
@@ -32,12 +34,26 @@ from lightning_dsl.core.clients import ClientPair, ClientPool
 from lightning_dsl.core.codecs import Codec, get_codec
 from lightning_dsl.core.config import CLIP_ALGORITHMS, MODES, RunConfig
 from lightning_dsl.core.cut import Arrival, Cut
-from lightning_dsl.core.optimizers import build_optimizers, build_schedulers, default_optimizer, step_schedulers
+from lightning_dsl.core.optimizers import (
+    build_optimizers,
+    build_schedulers,
+    check_factories,
+    check_saved_optimizers,
+    default_optimizer,
+    step_schedulers,
+)
 from lightning_dsl.core.peek import batch_inputs, peek_inputs
 from lightning_dsl.core.sequence import values_of
 from lightning_dsl.core.split import named_cuts, split_network
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
-from lightning_dsl.trainer_glue import allow_partial_backward, check_trainer_fits, refuse_trainer_flags, stage_loader
+from lightning_dsl.trainer_glue import (
+    allow_partial_backward,
+    check_trainer_fits,
+    fixed_by_subclass,
+    refuse_cycled_client_loaders,
+    refuse_trainer_flags,
+    stage_loader,
+)
 
 __all__ = ["CLIP_ALGORITHMS", "MODES", "DecoupledSplitModule", "default_optimizer"]
 PhaseHook = Callable[[str], contextlib.AbstractContextManager[Any]]
@@ -105,7 +121,8 @@ class DecoupledSplitModule(LightningModule):
         evaluate_clients: ``"parallel"`` only: between a FedAvg upload and download (and between rounds),
             evaluate each client's own half and head too (``val/aux_acc/client<i>``). Costs one client
             forward per client and evaluation batch (with 10 clients at ResNet-20's shallow cut about as
-            much as the epoch's training); ``False`` evaluates the aggregate only.
+            much as the epoch's training), so it grows with the clients: ``None`` (default) does it with up
+            to 10 clients and not above; ``True`` always; ``False`` evaluates the aggregate only.
 
     Example::
 
@@ -141,7 +158,7 @@ class DecoupledSplitModule(LightningModule):
         num_clients: int = 1,
         client_schedule: str = "parallel",
         aggregate_every: int = 1,
-        evaluate_clients: bool = True,
+        evaluate_clients: bool | None = None,
         gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str = "norm",
         accumulate_grad_batches: int = 1,
@@ -154,7 +171,7 @@ class DecoupledSplitModule(LightningModule):
         # make it unloadable with torch.load(weights_only=True), the default since torch 2.6. The CLI's
         # config.yaml records them; load_from_checkpoint() takes them as keyword arguments.
         ignore += ["client_optimizer", "server_optimizer", "client_lr_scheduler", "server_lr_scheduler"]
-        self.save_hyperparameters(ignore=ignore)
+        self.save_hyperparameters(ignore=ignore + fixed_by_subclass(self, inspect.currentframe()))
         self.automatic_optimization = False
 
         self.config = config = RunConfig.check(
@@ -171,6 +188,12 @@ class DecoupledSplitModule(LightningModule):
             gradient_clip_algorithm=gradient_clip_algorithm,
             accumulate_grad_batches=accumulate_grad_batches,
             predict_aux_logits=predict_aux_logits,
+        )
+        check_factories(
+            client_optimizer=client_optimizer,
+            server_optimizer=server_optimizer,
+            client_lr_scheduler=client_lr_scheduler,
+            server_lr_scheduler=server_lr_scheduler,
         )
         self.mode, self.num_classes, self.scheduler_interval = (
             config.mode,
@@ -206,6 +229,7 @@ class DecoupledSplitModule(LightningModule):
         self._aux_head_spec = aux_head
         self.aux_head: nn.Module = aux_head if isinstance(aux_head, nn.Module) else nn.Identity()
         self._aux_head_built = False
+        self._inputs_checked = False  # the first batch's inputs were checked against the head
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         if self.input_shape is not None:
             self._build_aux_head(self.input_shape)
@@ -236,7 +260,8 @@ class DecoupledSplitModule(LightningModule):
         check_network_output(self.server, z, self.num_classes)
         self.aux_head = head
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.hparams["input_shape"] = self.input_shape  # so load_from_checkpoint builds the same head
+        if "input_shape" in self.hparams:  # so load_from_checkpoint builds the same head (unless a subclass fixes it)
+            self.hparams["input_shape"] = self.input_shape
         self._aux_head_built = True
         self.clients.build((self.client, self.aux_head))
 
@@ -278,6 +303,7 @@ class DecoupledSplitModule(LightningModule):
             if shape is not None:
                 self._build_aux_head(shape)
         if self._trainer is not None and stage == "fit":
+            refuse_cycled_client_loaders(self.trainer, self.num_clients)
             allow_partial_backward(self.trainer)
 
     def _input_shape_from_loader(self, stage: str) -> tuple[int, ...]:
@@ -298,11 +324,19 @@ class DecoupledSplitModule(LightningModule):
         return []
 
     def _check_aux_head_on(self, batch: Any) -> None:
-        """A head passed as a module and no shape known before: check it on the first batch's inputs."""
+        """Build or check the head on the first batch's inputs: a user's head waits for them; a built one must fit."""
+        if self._inputs_checked:
+            return
+        inputs = batch_inputs(batch)
+        if inputs is None:
+            return
         if not self._aux_head_built:
-            inputs = batch_inputs(batch)
-            if inputs is not None:
-                self._build_aux_head(inputs.shape[1:])
+            self._build_aux_head(inputs.shape[1:])
+        elif isinstance(inputs, Tensor) and tuple(inputs.shape[1:]) != self.input_shape:
+            check_head_fits_inputs(
+                self.client, self.aux_head, self.split_index, inputs.shape[1:], self.input_shape, self.num_classes
+            )
+        self._inputs_checked = True
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:  # noqa: D102
         self._check_aux_head_on(batch)
@@ -415,6 +449,11 @@ class DecoupledSplitModule(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:  # noqa: D102
         state = checkpoint.get("lightning_dsl", {})
+        if self._trainer is not None and self.trainer.state.fn == "fit" and "optimizer_states" in checkpoint:
+            factories = [("client_optimizer", self.client_optimizer)] * self.num_clients
+            check_saved_optimizers(
+                checkpoint["optimizer_states"], [*factories, ("server_optimizer", self.server_optimizer)]
+            )
         self.batches_trained = int(state.get("batches_trained", 0))
         self.clients.load_state(state)
         if not self._aux_head_built and state.get("input_shape") is not None:

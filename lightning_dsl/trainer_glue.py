@@ -20,6 +20,8 @@ Three habits of Lightning users meet the module's manual optimization here:
 
 from __future__ import annotations
 
+import inspect
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -121,3 +123,51 @@ def check_trainer_fits(
         )
     if str(trainer.precision).startswith("bf16"):
         check_codecs(torch.bfloat16)  # bf16 weights or autocast put bfloat16 activations on the cut
+
+
+def refuse_cycled_client_loaders(trainer: Trainer, num_clients: int) -> None:
+    """Refuse a plain list (or dict) of client loaders, which Lightning would cycle.
+
+    ``trainer.fit(model, [loader_0, ..., loader_N-1])`` (or a ``train_dataloader()`` returning such a list) is
+    combined by Lightning in its default ``"max_size_cycle"`` mode: the shorter clients' loaders start again
+    until the longest ends, so a client with 55 samples trains on 110 in an epoch of a client with 110.
+    """
+    source = getattr(getattr(trainer, "fit_loop", None), "_data_source", None)
+    if num_clients < 2 or source is None or not hasattr(source, "dataloader") or not source.is_defined():
+        return
+    loaders = source.dataloader()
+    if isinstance(loaders, (list, tuple, dict)) and len(loaders) > 1:
+        raise ValueError(
+            f"The training data is a plain {type(loaders).__name__} of {len(loaders)} loaders, one per client"
+            f" (`num_clients`={num_clients}): Lightning combines it in mode 'max_size_cycle', which starts the"
+            " shorter clients' loaders again until the longest ends (their samples are seen twice in an epoch)."
+            " Serve it with lightning_dsl.data.client_loaders(loaders) (each client's batches once per epoch), or"
+            " wrap it in CombinedLoader(loaders, mode=...) to choose the mode yourself."
+        )
+
+
+def fixed_by_subclass(module: Any, frame: types.FrameType | None) -> list[str]:
+    """The module's arguments that a subclass's ``__init__`` set itself: they are not hyperparameters.
+
+    ``save_hyperparameters`` records every argument of every ``__init__`` in the chain, and
+    ``load_from_checkpoint`` passes them all to the outermost class. A subclass that calls
+    ``super().__init__(network=None, ...)`` without taking ``network`` itself would then get ``network`` twice
+    (``__init__() got multiple values for keyword argument 'network'``). What the outermost ``__init__`` did not
+    receive (as a named argument or in its ``**kwargs``) is left out.
+
+    Args:
+        module: the module being constructed.
+        frame: the frame of ``DecoupledSplitModule.__init__``.
+    """
+    if frame is None:
+        return []
+    outer, caller = frame, frame.f_back
+    while caller is not None and caller.f_code.co_name == "__init__" and caller.f_locals.get("self") is module:
+        outer, caller = caller, caller.f_back
+    if outer is frame:
+        return []
+    received = inspect.getargvalues(outer)
+    names = set(received.args)
+    if received.keywords:
+        names |= set(received.locals.get(received.keywords) or {})
+    return [name for name in inspect.getargvalues(frame).args[1:] if name not in names]

@@ -115,3 +115,24 @@ def check_cut_codecs(cut: Cut, dtype: torch.dtype, mode: str) -> None:
     check_codec_dtype(cut.codec, dtype, "codec")
     if mode != "dsl":  # in dsl nothing is sent down
         check_codec_dtype(cut.grad_codec, dtype, "grad_codec")
+
+
+def check_head_fits_inputs(
+    client: nn.Sequential,
+    head: nn.Module,
+    split_index: int,
+    shape: Sequence[int],
+    input_shape: Sequence[int] | None,
+    num_classes: int,
+) -> None:
+    """Refuse batches whose inputs the auxiliary head, built for ``input_shape``, cannot take (on the first batch)."""
+    z = probe_cut_activation(client, split_index, shape)
+    try:
+        check_aux_head(head, z, num_classes)
+    except ValueError as err:
+        raise ValueError(
+            f"The batches' inputs have per-sample shape {tuple(shape)}, but argument `input_shape` is"
+            f" {tuple(input_shape) if input_shape is not None else None}, for which the auxiliary head was built, and"
+            f" the head does not take the cut activation of these inputs: pass input_shape={tuple(shape)} (or leave it"
+            f" out: it is read from the data). {err}"
+        ) from err

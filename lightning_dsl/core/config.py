@@ -19,6 +19,8 @@ from lightning_dsl.core.clients import check_client_args
 MODES = ("dsl", "sl", "hybrid")
 CLIP_ALGORITHMS = ("norm", "value")
 SCHEDULER_INTERVALS = ("epoch", "step")
+EVALUATE_CLIENTS_UP_TO = 10
+"""``evaluate_clients=None`` evaluates each client's own half and head with at most this many clients."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class RunConfig:
         num_clients: int = 1,
         client_schedule: str = "parallel",
         aggregate_every: int = 1,
-        evaluate_clients: bool = True,
+        evaluate_clients: bool | None = None,
         feedback_weight: float | None = None,
         feedback_every: int | None = None,
         gradient_clip_val: float | None = None,
@@ -75,8 +77,13 @@ class RunConfig:
                 f"Expected argument `scheduler_interval` to be 'epoch' or 'step', got {scheduler_interval!r}."
             )
         check_client_args(num_clients, client_schedule, aggregate_every)
-        if not isinstance(evaluate_clients, bool):
-            raise ValueError(f"Expected argument `evaluate_clients` to be True or False, but got {evaluate_clients!r}.")
+        if evaluate_clients is not None and not isinstance(evaluate_clients, bool):
+            raise ValueError(
+                f"Expected argument `evaluate_clients` to be True, False or None (None: True up to"
+                f" {EVALUATE_CLIENTS_UP_TO} clients), but got {evaluate_clients!r}."
+            )
+        if evaluate_clients is None:  # one evaluation per client costs as much as the epoch's training at 10
+            evaluate_clients = num_clients <= EVALUATE_CLIENTS_UP_TO
         weight, every = check_feedback(mode, feedback_weight, feedback_every)
         clip_val, clip_algorithm = check_clipping(gradient_clip_val, gradient_clip_algorithm)
         accumulation_window(0, accumulate_grad_batches)  # checks the argument (an int >= 1)

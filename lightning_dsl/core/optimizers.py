@@ -88,3 +88,60 @@ def name_param_groups(optimizer: torch.optim.Optimizer, names: Sequence[str]) ->
     if len(optimizer.param_groups) <= len(names):
         for group, name in zip(optimizer.param_groups, names, strict=False):
             group.setdefault("name", name)
+
+
+def check_factories(**factories: Any) -> None:
+    """Refuse an optimizer or scheduler *instance* (or anything not callable) where a factory is expected.
+
+    Args:
+        factories: ``argument name -> value``; ``None`` is allowed for the schedulers (no scheduler).
+    """
+    for name, factory in factories.items():
+        if factory is None and name.endswith("lr_scheduler"):
+            continue
+        if callable(factory) and not isinstance(factory, torch.optim.Optimizer):
+            continue
+        kind = "scheduler" if name.endswith("lr_scheduler") else "optimizer"
+        example = (
+            "functools.partial(torch.optim.lr_scheduler.StepLR, step_size=30)"
+            if kind == "scheduler"
+            else "functools.partial(torch.optim.SGD, lr=0.1)"
+        )
+        raise ValueError(
+            f"Expected argument `{name}` to be a callable that builds the {kind} (from the parameters"
+            f"{' of' if kind == 'optimizer' else ', given the optimizer'}), such as {example} or class_path/init_args"
+            f" in a config, but got {type(factory).__name__} {factory!r}: the module builds one {kind} per side and"
+            " client itself, so it cannot take one that is already built."
+        )
+
+
+def check_saved_optimizers(saved: Sequence[dict[str, Any]], factories: Sequence[tuple[str, OptimizerFactory]]) -> None:
+    """Refuse to resume optimizer states that the optimizers built now cannot take, before training.
+
+    A checkpoint restores each optimizer's state by position into the optimizer the module builds now.
+    When that optimizer is of another kind than the saved one (a default SGD rebuilt for a run trained with
+    Adam, say), its step would fail on a missing option (``KeyError: 'momentum'``) after training started.
+
+    Args:
+        saved: the checkpoint's ``optimizer_states``, in the module's optimizer order.
+        factories: per position, the module argument that builds it and its value.
+
+    Raises:
+        ValueError: naming the argument, what the checkpoint's optimizer had and what the new one needs.
+    """
+    probe = [nn.Parameter(torch.zeros(1))]
+    for state, (name, factory) in zip(saved, factories, strict=False):
+        groups = state.get("param_groups") or [{}]
+        try:
+            optimizer = factory(probe)
+        except Exception:  # a factory that wants more than a list of parameters: the resume itself will tell
+            continue
+        # What `load_state_dict` leaves in a group: the saved options, with those the optimizer fills in itself.
+        optimizer.__setstate__({"state": {}, "param_groups": [{**groups[0], "params": probe}]})
+        missing = sorted(set(optimizer.defaults) - set(optimizer.param_groups[0]))
+        if missing:
+            raise ValueError(
+                f"Cannot resume: the checkpoint's optimizer states were saved by an optimizer without the options"
+                f" {missing} that argument `{name}` builds an optimizer with: pass the run's own optimizers"
+                f" (load_from_checkpoint(path, client_optimizer=..., server_optimizer=...), or the run's --config)."
+            )

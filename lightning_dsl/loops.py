@@ -50,7 +50,7 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
             criterion=module.criterion,
             backward=module.manual_backward,
             feedback_weight=feedback,
-            phase=module._phase,
+            phase=module._phase_hooks,
             client_index=index,
             zero_grad=window.zero_grad,
             step_optimizers=window.step,

@@ -10,9 +10,8 @@ Trainer's side :mod:`lightning_dsl.trainer_glue`.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,41 +21,20 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_dsl import loops
-from lightning_dsl.core.assembly import (
-    HeadOptions,
-    check_cut_codecs,
-    check_head_fits_inputs,
-    check_network_output,
-    probe_cut_activation,
-    resolve_network,
-)
+from lightning_dsl import trainer_glue as glue
+from lightning_dsl.core import assembly, optimizers
 from lightning_dsl.core.clients import ClientPair, ClientPool
 from lightning_dsl.core.codecs import Codec, get_codec
 from lightning_dsl.core.config import CLIP_ALGORITHMS, MODES, RunConfig
 from lightning_dsl.core.cut import Arrival, Cut
-from lightning_dsl.core.optimizers import (
-    build_optimizers,
-    build_schedulers,
-    check_factories,
-    check_saved_optimizers,
-    default_optimizer,
-    step_schedulers,
-)
-from lightning_dsl.core.peek import batch_inputs, peek_inputs
+from lightning_dsl.core.optimizers import default_optimizer
+from lightning_dsl.core.peek import batch_inputs
+from lightning_dsl.core.phases import PhaseHook, PhaseHooks
 from lightning_dsl.core.sequence import values_of
 from lightning_dsl.core.split import named_cuts, split_network
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
-from lightning_dsl.trainer_glue import (
-    allow_partial_backward,
-    check_trainer_fits,
-    fixed_by_subclass,
-    refuse_cycled_client_loaders,
-    refuse_trainer_flags,
-    stage_loader,
-)
 
 __all__ = ["CLIP_ALGORITHMS", "MODES", "DecoupledSplitModule", "default_optimizer"]
-PhaseHook = Callable[[str], contextlib.AbstractContextManager[Any]]
 
 
 class DecoupledSplitModule(LightningModule):
@@ -171,7 +149,7 @@ class DecoupledSplitModule(LightningModule):
         # make it unloadable with torch.load(weights_only=True), the default since torch 2.6. The CLI's
         # config.yaml records them; load_from_checkpoint() takes them as keyword arguments.
         ignore += ["client_optimizer", "server_optimizer", "client_lr_scheduler", "server_lr_scheduler"]
-        self.save_hyperparameters(ignore=ignore + fixed_by_subclass(self, inspect.currentframe()))
+        self.save_hyperparameters(ignore=ignore + glue.fixed_by_subclass(self, inspect.currentframe()))
         self.automatic_optimization = False
 
         self.config = config = RunConfig.check(
@@ -189,7 +167,7 @@ class DecoupledSplitModule(LightningModule):
             accumulate_grad_batches=accumulate_grad_batches,
             predict_aux_logits=predict_aux_logits,
         )
-        check_factories(
+        optimizers.check_factories(
             client_optimizer=client_optimizer,
             server_optimizer=server_optimizer,
             client_lr_scheduler=client_lr_scheduler,
@@ -215,13 +193,13 @@ class DecoupledSplitModule(LightningModule):
             raise ValueError(
                 "Argument `split_index` is required: the number of cut units on the client, or a cut name."
             )
-        network = self.build_network() if network is None else resolve_network(network, num_classes)
+        network = self.build_network() if network is None else assembly.resolve_network(network, num_classes)
         self.cut_names = named_cuts(network)  # {"shallow": 19, ...}: what `lightning-dsl cuts` marks
         halves = split_network(network, split_index)
         self.client, self.server = halves.client, halves.server
         self.split_index, self.num_units = halves.split_index, halves.num_units
 
-        self.head_options = HeadOptions.check(aux_head, aux_head_kwargs, aux_head_lr)
+        self.head_options = assembly.HeadOptions.check(aux_head, aux_head_kwargs, aux_head_lr)
         self.aux_head_lr = aux_head_lr
         # A built-in head is built by `_build_aux_head` before any optimizer exists; a user's module is the head
         # at once (its parameters exist) and is checked against the cut activation as soon as the input shape is
@@ -234,7 +212,7 @@ class DecoupledSplitModule(LightningModule):
         if self.input_shape is not None:
             self._build_aux_head(self.input_shape)
 
-        self._phase_hooks: list[PhaseHook] = []
+        self._phase_hooks = PhaseHooks()  # wrapped around each side's work in a training step
         self.batches_trained = 0  # drives the hybrid feedback schedule; saved in checkpoints
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc, self.val_aux_acc = MulticlassAccuracy(num_classes), MulticlassAccuracy(num_classes)
@@ -254,10 +232,10 @@ class DecoupledSplitModule(LightningModule):
 
     def _build_aux_head(self, input_shape: Sequence[int]) -> None:
         """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
-        z = probe_cut_activation(self.client, self.split_index, input_shape)
-        check_cut_codecs(self.cut, values_of(z).dtype, self.mode)
+        z = assembly.probe_cut_activation(self.client, self.split_index, input_shape)
+        assembly.check_cut_codecs(self.cut, values_of(z).dtype, self.mode)
         head = self.head_options.build(z, self.num_classes)
-        check_network_output(self.server, z, self.num_classes)
+        assembly.check_network_output(self.server, z, self.num_classes)
         self.aux_head = head
         self.input_shape = tuple(int(s) for s in input_shape)
         if "input_shape" in self.hparams:  # so load_from_checkpoint builds the same head (unless a subclass fixes it)
@@ -290,37 +268,23 @@ class DecoupledSplitModule(LightningModule):
 
     def setup(self, stage: str) -> None:
         """Build the auxiliary head from the data when ``input_shape`` was not given; check the data fits."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self._trainer is not None:
-            check_trainer_fits(
-                self.trainer, self.num_classes, self.mode, lambda d: check_cut_codecs(self.cut, d, self.mode)
+            glue.check_trainer_fits(
+                self.trainer, self.num_classes, self.mode, lambda d: assembly.check_cut_codecs(self.cut, d, self.mode)
             )
         if not self._aux_head_built:
-            shape = getattr(datamodule, "input_shape", None)
             # A user's head waits for a batch; a server in its own process has no data (a client tells it the shape).
-            if shape is None and not self.head_options.is_module and "client" in self.cut.sides:
-                shape = self._input_shape_from_loader(stage)
+            may_peek = not self.head_options.is_module and "client" in self.cut.sides
+            shape = glue.input_shape_from_data(self._trainer, stage, may_peek)
             if shape is not None:
                 self._build_aux_head(shape)
         if self._trainer is not None and stage == "fit":
-            refuse_cycled_client_loaders(self.trainer, self.num_clients)
-            allow_partial_backward(self.trainer)
-
-    def _input_shape_from_loader(self, stage: str) -> tuple[int, ...]:
-        """One input's shape, from one sample of the stage's loader (nothing of the epoch is consumed)."""
-        loader = stage_loader(self.trainer, stage) if self._trainer is not None else None
-        inputs = peek_inputs(loader) if loader is not None else None
-        if inputs is None:
-            raise ValueError(
-                "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
-                " DecoupledSplitModule, use a data module with an `input_shape` attribute, or a loader whose batches"
-                " are a tensor or (inputs, labels) and can be read again (not a one-shot iterator)."
-            )
-        return tuple(inputs.shape[1:])
+            glue.refuse_cycled_client_loaders(self.trainer, self.num_clients)
+            glue.allow_partial_backward(self.trainer)
 
     def configure_callbacks(self) -> list[Any]:
         """No callbacks of its own; the earliest hook of a Trainer run refuses the Trainer flags it cannot honour."""
-        refuse_trainer_flags(self.trainer)
+        glue.refuse_trainer_flags(self.trainer)
         return []
 
     def _check_aux_head_on(self, batch: Any) -> None:
@@ -333,7 +297,7 @@ class DecoupledSplitModule(LightningModule):
         if not self._aux_head_built:
             self._build_aux_head(inputs.shape[1:])
         elif isinstance(inputs, Tensor) and tuple(inputs.shape[1:]) != self.input_shape:
-            check_head_fits_inputs(
+            assembly.check_head_fits_inputs(
                 self.client, self.aux_head, self.split_index, inputs.shape[1:], self.input_shape, self.num_classes
             )
         self._inputs_checked = True
@@ -359,18 +323,16 @@ class DecoupledSplitModule(LightningModule):
         with several clients), so ``LearningRateMonitor`` logs ``lr/client``, ``lr/server``, ...
         """
         pairs = [self.client_pair(i) for i in range(self.num_clients)]
-        optimizers = build_optimizers(
+        built = optimizers.build_optimizers(
             pairs, self.server, self.client_optimizer, self.server_optimizer, self.aux_head_lr
         )
-        schedulers = build_schedulers(
-            optimizers, self.client_lr_scheduler, self.server_lr_scheduler, self.scheduler_interval
-        )
-        return optimizers, schedulers
+        interval = self.scheduler_interval
+        return built, optimizers.build_schedulers(built, self.client_lr_scheduler, self.server_lr_scheduler, interval)
 
     def _step_schedulers(self) -> None:
         found = self.lr_schedulers()
         schedulers = [] if found is None else found if isinstance(found, list) else [found]
-        step_schedulers(schedulers, self.trainer.callback_metrics.get("val/loss"))
+        optimizers.step_schedulers(schedulers, self.trainer.callback_metrics.get("val/loss"))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Clip the stepping side's gradients (after AMP's unscaling, which Lightning does before this hook)."""
@@ -386,13 +348,6 @@ class DecoupledSplitModule(LightningModule):
         """Unregister a hook added with :meth:`add_phase_hook`."""
         if hook in self._phase_hooks:
             self._phase_hooks.remove(hook)
-
-    @contextlib.contextmanager
-    def _phase(self, side: str) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            for hook in self._phase_hooks:
-                stack.enter_context(hook(side))
-            yield
 
     # ------------------------------------------------------------------ steps
     def forward(self, x: Tensor) -> Tensor:
@@ -451,7 +406,7 @@ class DecoupledSplitModule(LightningModule):
         state = checkpoint.get("lightning_dsl", {})
         if self._trainer is not None and self.trainer.state.fn == "fit" and "optimizer_states" in checkpoint:
             factories = [("client_optimizer", self.client_optimizer)] * self.num_clients
-            check_saved_optimizers(
+            optimizers.check_saved_optimizers(
                 checkpoint["optimizer_states"], [*factories, ("server_optimizer", self.server_optimizer)]
             )
         self.batches_trained = int(state.get("batches_trained", 0))

@@ -30,6 +30,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import CombinedLoader
 
+from lightning_dsl.core.peek import peek_inputs
+
 _STAGE_LOOPS = {"fit": "fit_loop", "validate": "validate_loop", "test": "test_loop", "predict": "predict_loop"}
 
 
@@ -171,3 +173,25 @@ def fixed_by_subclass(module: Any, frame: types.FrameType | None) -> list[str]:
     if received.keywords:
         names |= set(received.locals.get(received.keywords) or {})
     return [name for name in inspect.getargvalues(frame).args[1:] if name not in names]
+
+
+def input_shape_from_data(trainer: Trainer | None, stage: str, may_peek: bool) -> tuple[int, ...] | None:
+    """One input's shape: the data module's ``input_shape``, else (when ``may_peek``) one sample of the loader.
+
+    Taking the sample consumes nothing of the epoch (:func:`~lightning_dsl.core.peek.peek_inputs`).
+
+    Raises:
+        ValueError: if ``may_peek`` and neither tells the shape (saying how to give it).
+    """
+    shape = getattr(getattr(trainer, "datamodule", None), "input_shape", None)
+    if shape is not None or not may_peek:
+        return shape
+    loader = stage_loader(trainer, stage) if trainer is not None else None
+    inputs = peek_inputs(loader) if loader is not None else None
+    if inputs is None:
+        raise ValueError(
+            "Cannot build the auxiliary head: pass `input_shape` (one sample's shape, e.g. (3, 32, 32)) to"
+            " DecoupledSplitModule, use a data module with an `input_shape` attribute, or a loader whose batches"
+            " are a tensor or (inputs, labels) and can be read again (not a one-shot iterator)."
+        )
+    return tuple(inputs.shape[1:])

@@ -134,12 +134,12 @@ def test_plain_loader_builds_the_head_without_changing_the_epoch(num_workers: in
 
 
 def test_plain_loader_with_a_users_head_never_peeks(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lightning_dsl.module
+    import lightning_dsl.trainer_glue
 
     def fail(*_: Any) -> None:
         raise AssertionError("the loader was peeked although the head was passed as a module")
 
-    monkeypatch.setattr(lightning_dsl.module, "peek_inputs", fail)
+    monkeypatch.setattr(lightning_dsl.trainer_glue, "peek_inputs", fail)
     head = make_head()
     model = make_module(make_network(), head)
     assert model.aux_head is head  # the head from construction: the optimizer gets its parameters

@@ -20,9 +20,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_dsl import loops
-from lightning_dsl import trainer_glue as glue
-from lightning_dsl.core import assembly, optimizers
+import lightning_dsl.core.assembly as assembly
+import lightning_dsl.core.optimizers as optimizers
+import lightning_dsl.loops as loops
+import lightning_dsl.trainer_glue as glue
 from lightning_dsl.core.clients import ClientPair, ClientPool
 from lightning_dsl.core.codecs import Codec, get_codec
 from lightning_dsl.core.config import CLIP_ALGORITHMS, MODES, RunConfig

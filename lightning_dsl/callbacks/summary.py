@@ -223,12 +223,12 @@ def _client_lines(groups: dict[str, dict[int, float]]) -> list[str]:
             )
         )
         if "acc" in name or "loss" in name:
-            # Worst first: the lowest accuracies, the highest losses; ties by client number.
-            order = sorted(values, key=lambda c: (values[c] if "acc" in name else -values[c], c))
-            k = max(1, min(_BEST_WORST, len(order) // 2))
-            ends.append(
-                f"{name}  worst: {_clients(name, values, order[:k])}; best: {_clients(name, values, order[::-1][:k])}"
-            )
+            # The lowest accuracies and the highest losses are the worst; ties go to the lower client number.
+            sign = 1.0 if "acc" in name else -1.0
+            worst = sorted(values, key=lambda c: (sign * values[c], c))
+            best = sorted(values, key=lambda c: (-sign * values[c], c))
+            k = max(1, min(_BEST_WORST, len(values) // 2))
+            ends.append(f"{name}  worst: {_clients(name, values, worst[:k])}; best: {_clients(name, values, best[:k])}")
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["", f"Clients ({len(clients)}; every client's figures are in summary.json)"]
     lines += [

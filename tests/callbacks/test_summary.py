@@ -218,9 +218,14 @@ def test_many_clients_print_one_row_per_figure() -> None:
     ]
 
 
-def test_a_loss_worst_is_the_highest() -> None:
+def test_a_loss_worst_is_the_highest_and_ties_go_to_the_lower_client() -> None:
     losses = {f"val/loss/client{i}": float(i) for i in range(4)}
     assert table_lines(losses)[-1] == "val/loss/client*  worst: client 3 3, client 2 2; best: client 0 0, client 1 1"
+    ties = {f"val/aux_acc/client{i}": 0.1 for i in range(6)}
+    assert table_lines(ties)[-1] == (
+        "val/aux_acc/client*  worst: client 0 0.1, client 1 0.1, client 2 0.1; best: client 0 0.1, client 1 0.1,"
+        " client 2 0.1"
+    )
 
 
 def test_many_clients_keep_every_figure_in_the_json(

@@ -115,7 +115,7 @@ def partition_indices(
       differ by at most one (which clients get one more is random) and so do shard sizes. With
       ``drop_remainder=True`` every shard has ``len(targets) // (num_clients * shards_per_client)`` samples and
       the rest are dropped: flwr-datasets' ``ShardPartitioner(num_shards_per_partition=shards_per_client,
-      seed=seed)``, shard for shard (it also dropped a whole shard when ``len(targets) // shard size`` exceeds the
+      seed=seed)``, shard for shard (it also drops a whole shard when ``len(targets) // shard size`` exceeds the
       number of shards: the permutation runs over all the whole shards and the first are kept). When the shards
       divide the samples, both ways give flwr's partition.
 

@@ -25,6 +25,7 @@ from lightning_dsl.callbacks import (
     RunSummary,
     SplitThroughputMonitor,
 )
+from lightning_dsl.cli_parser import DSLArgumentParser, raised_in_data_setup
 from lightning_dsl.module import DecoupledSplitModule
 from lightning_dsl.strategies.split import SplitStrategy, process_name, run_group
 
@@ -47,7 +48,17 @@ class DSLCLI(LightningCLI):
       own config section (``communication:``, ``memory:``, ``throughput:``, ``partition:``, ``summary:``). The
       bytes sent up and the peak saved activations show in the progress bar (``prog_bar: false``
       in the section turns that off).
+    * Bad input ends in a short usage error (exit status 2), never a traceback: a misspelled key names the closest
+      valid one (:class:`DSLArgumentParser`), a constructor's ``ValueError`` is shown as is
+      (:meth:`instantiate_classes`), and so is a data module's ``ValueError`` or ``FileNotFoundError`` from its
+      ``prepare_data`` or ``setup``, where checks that need the data run (:meth:`_run_subcommand`).
     """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parser of :class:`DSLArgumentParser` (unless a subclass of it is given as ``parser_class``)."""
+        if not issubclass(self.parser_class, DSLArgumentParser):
+            self.parser_class = DSLArgumentParser
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -101,6 +112,24 @@ class DSLCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:
             self.parser.error(_root_message(err), ex=err)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a bad data argument that only the data reveal (found in ``setup``) exits like a parse error.
+
+        jsonargparse builds the data module while parsing, so the checks in its ``__init__`` are parse errors; those
+        that need the data (more clients than training samples, a Dirichlet ``alpha`` that leaves a client empty)
+        run in ``setup``, inside ``trainer.fit``. A ``ValueError`` or ``FileNotFoundError`` raised there is shown as
+        ``error: data (DigitsDataModule): <its message>`` with exit status 2, after Lightning's teardown;
+        ``JSONARGPARSE_DEBUG=true`` gives the traceback. Errors anywhere else keep their traceback.
+        """
+        try:
+            super()._run_subcommand(subcommand)
+        except (ValueError, FileNotFoundError) as err:
+            datamodule = getattr(self, "datamodule", None)
+            if datamodule is None or not raised_in_data_setup(err, datamodule):
+                raise
+            parser = getattr(self, "_subcommand_parsers", {}).get(subcommand, self.parser)
+            parser.error(f"data ({type(datamodule).__name__}): {err}", ex=err)
 
 
 def trainer_defaults() -> dict[str, Any]:

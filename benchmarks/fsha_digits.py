@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=None, help="write the histories here as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"# {hardware(torch.device('cpu'))}, {args.threads} thread(s); client Adam lr {args.client_lr}; {args.epochs} epochs", flush=True)
+    setting = f"{args.threads} thread(s); client Adam lr {args.client_lr}; {args.epochs} epochs"
+    print(f"# {hardware(torch.device('cpu'))}, {setting}", flush=True)
     histories: dict[str, list[dict[str, float]]] = {}
     for mode in args.modes:
         for seed in args.seeds:

@@ -10,4 +10,8 @@ from lightning_dsl.callbacks.throughput import SplitThroughputMonitor
 __all__ = [
     "CommunicationMonitor",
     "FeatureSpaceHijackingAttack",
-    "PartitionMonitor", "PeakMemoryMonitor", "RunSummary", "SplitThroughputMonitor"]
+    "PartitionMonitor",
+    "PeakMemoryMonitor",
+    "RunSummary",
+    "SplitThroughputMonitor",
+]

@@ -63,7 +63,9 @@ class FeatureSpaceHijackingAttack(Callback):
         seed: int = 0,
     ) -> None:
         if auxiliary not in AUXILIARY_SPLITS:
-            hint = " (the clients train on it: the attacker's data must be disjoint from theirs)" * (auxiliary == "train")
+            hint = " (the clients train on it: the attacker's data must be disjoint from theirs)" * (
+                auxiliary == "train"
+            )
             raise ValueError(
                 f"Expected argument `auxiliary` to be one of {list(AUXILIARY_SPLITS)}, a split no client trains on,"
                 f" but got {auxiliary!r}{hint}."
@@ -71,10 +73,16 @@ class FeatureSpaceHijackingAttack(Callback):
         if auxiliary_size is not None and (
             isinstance(auxiliary_size, bool) or not isinstance(auxiliary_size, int) or auxiliary_size < 1
         ):
-            raise ValueError(f"Expected argument `auxiliary_size` to be an int >= 1 or None, but got {auxiliary_size!r}.")
+            raise ValueError(
+                f"Expected argument `auxiliary_size` to be an int >= 1 or None, but got {auxiliary_size!r}."
+            )
         check_options(lr, discriminator_lr, gradient_penalty_weight)
         self.auxiliary, self.auxiliary_size, self.seed = auxiliary, auxiliary_size, seed
-        self.options = {"lr": lr, "discriminator_lr": discriminator_lr, "gradient_penalty_weight": gradient_penalty_weight}
+        self.options = {
+            "lr": lr,
+            "discriminator_lr": discriminator_lr,
+            "gradient_penalty_weight": gradient_penalty_weight,
+        }
         self.attack: FeatureSpaceHijacking | None = None
         self.history: list[dict[str, float]] = []
         self._pending_state: dict[str, Any] | None = None
@@ -102,13 +110,15 @@ class FeatureSpaceHijackingAttack(Callback):
             )
         public = self._auxiliary_inputs(trainer)
         if self.attack is None:
-            self.attack = FeatureSpaceHijacking.for_client(pl_module.client, public, seed=self.seed, **self.options)
+            client = pl_module.client
+            assert isinstance(client, torch.nn.Module)
+            self.attack = FeatureSpaceHijacking.for_client(client, public, seed=self.seed, **self.options)
         if self._pending_state is not None:
             self.attack.load_state_dict(self._pending_state)
             self._pending_state = None
         if self.attack not in cut.taps:
             cut.taps.append(self.attack)
-        std = getattr(trainer.datamodule, "std", None)
+        std = getattr(getattr(trainer, "datamodule", None), "std", None)
         self._std = 1.0 if std is None else torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         if isinstance(self._std, Tensor) and self._std.numel() == 1:
             self._std = float(self._std)
@@ -126,7 +136,7 @@ class FeatureSpaceHijackingAttack(Callback):
             )
 
     def _auxiliary_inputs(self, trainer: Trainer) -> Tensor:
-        datamodule = trainer.datamodule
+        datamodule = getattr(trainer, "datamodule", None)
         loader_of = getattr(datamodule, f"{self.auxiliary}_dataloader", None)
         if datamodule is None or not callable(loader_of):
             raise ValueError(
@@ -138,7 +148,11 @@ class FeatureSpaceHijackingAttack(Callback):
         for batch in loader_of():
             inputs = batch[0] if isinstance(batch, (list, tuple)) else batch
             if not isinstance(inputs, Tensor) or not inputs.is_floating_point() or inputs.dim() != 4:
-                found = f"dtype {inputs.dtype}, shape {tuple(inputs.shape)}" if isinstance(inputs, Tensor) else type(inputs).__name__
+                found = (
+                    f"dtype {inputs.dtype}, shape {tuple(inputs.shape)}"
+                    if isinstance(inputs, Tensor)
+                    else type(inputs).__name__
+                )
                 raise ValueError(
                     "FeatureSpaceHijackingAttack reconstructs images (float inputs of shape (N, C, H, W)), but the"
                     f" {self.auxiliary} split's inputs are {found}: it does not apply to this data."

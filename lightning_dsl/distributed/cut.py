@@ -55,7 +55,7 @@ class WireCut(Cut):
 
     @classmethod
     def replacing(cls, cut: Cut, is_server: bool, evaluator: bool = True) -> WireCut:
-        """A wire cut with ``cut``'s codecs, byte counts and taps; its :attr:`transport` is set once the group exists."""
+        """A wire cut with ``cut``'s codecs, byte counts and taps; :attr:`transport` is set once the group exists."""
         return cls(
             codec=cut.codec,
             grad_codec=cut.grad_codec,

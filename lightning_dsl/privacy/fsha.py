@@ -81,8 +81,14 @@ class FeatureSpaceHijacking(CutTap):
     ) -> None:
         check_options(lr, discriminator_lr, gradient_penalty_weight)
         if not isinstance(public_inputs, Tensor) or not public_inputs.is_floating_point() or len(public_inputs) < 1:
-            found = f"dtype {public_inputs.dtype}, {len(public_inputs)} rows" if isinstance(public_inputs, Tensor) else type(public_inputs).__name__
-            raise ValueError(f"Expected argument `public_inputs` to be a non-empty float tensor of inputs, but got {found}.")
+            found = (
+                f"dtype {public_inputs.dtype}, {len(public_inputs)} rows"
+                if isinstance(public_inputs, Tensor)
+                else type(public_inputs).__name__
+            )
+            raise ValueError(
+                f"Expected argument `public_inputs` to be a non-empty float tensor of inputs, but got {found}."
+            )
         self.pilot, self.decoder, self.discriminator = pilot, decoder, discriminator
         self.public_inputs = public_inputs.detach()
         self.gradient_penalty_weight = float(gradient_penalty_weight)
@@ -96,7 +102,9 @@ class FeatureSpaceHijacking(CutTap):
         self.hijacking_gradients: dict[int, Tensor] = {}
 
     @classmethod
-    def for_client(cls, client: nn.Module, public_inputs: Tensor, seed: int = 0, **kwargs: Any) -> FeatureSpaceHijacking:
+    def for_client(
+        cls, client: nn.Module, public_inputs: Tensor, seed: int = 0, **kwargs: Any
+    ) -> FeatureSpaceHijacking:
         """The attack against ``client`` with the default networks (:func:`default_networks`), seeded by ``seed``."""
         pilot, decoder, discriminator = default_networks(client, public_inputs[:2], seed)
         return cls(pilot, decoder, discriminator, public_inputs, seed=seed, **kwargs)
@@ -210,7 +218,9 @@ def check_options(lr: float, discriminator_lr: float, gradient_penalty_weight: f
 
 
 # ---------------------------------------------------------------------- default networks
-def default_networks(client: nn.Module, example_inputs: Tensor, seed: int = 0) -> tuple[nn.Module, nn.Module, nn.Module]:
+def default_networks(
+    client: nn.Module, example_inputs: Tensor, seed: int = 0
+) -> tuple[nn.Module, nn.Module, nn.Module]:
     """Pilot, decoder and discriminator for attacking ``client``, built from its shapes and seeded by ``seed``.
 
     * pilot: the client half's architecture with fresh weights (the attacker knows the architecture it

@@ -33,7 +33,7 @@ from lightning_dsl.callbacks import FeatureSpaceHijackingAttack  # noqa: E402
 from lightning_dsl.data import DigitsDataModule  # noqa: E402
 
 
-def run(mode: str, seed: int, epochs: int, client_lr: float) -> list[dict[str, float]]:
+def run(mode: str, seed: int, epochs: int, client_lr: float, batches: int | None = None) -> list[dict[str, float]]:
     """One fit with the attack on; its per-epoch history (``privacy/fsha_mse``, baseline, gradients sent down)."""
     seed_everything(seed, verbose=False)
     model = DecoupledSplitModule(
@@ -49,6 +49,7 @@ def run(mode: str, seed: int, epochs: int, client_lr: float) -> list[dict[str, f
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=epochs,
+        limit_train_batches=batches,
         limit_val_batches=0,
         logger=False,
         enable_checkpointing=False,
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--client_lr", type=float, default=1e-4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batches", type=int, default=None, help="training batches per epoch (default: all 20)")
     parser.add_argument("--out", type=Path, default=None, help="write the histories here as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode in args.modes:
         for seed in args.seeds:
             start = time.perf_counter()
-            histories[f"{mode}-s{seed}"] = run(mode, seed, args.epochs, args.client_lr)
+            histories[f"{mode}-s{seed}"] = run(mode, seed, args.epochs, args.client_lr, args.batches)
             print(f"# {mode} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
     names = list(histories)
     print("| epoch | " + " | ".join(names) + " | baseline |")

@@ -174,7 +174,6 @@ class FeatureSpaceHijackingAttack(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         if self.attack is not None:
             self.attack.to(pl_module.device)
-            self.attack.active = False  # only training batches: switched on around each
 
     # ------------------------------------------------------------------ each batch: score on the private inputs
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
@@ -182,8 +181,7 @@ class FeatureSpaceHijackingAttack(Callback):
         self._sent_at_epoch_start = self.attack.sent_down if self.attack is not None else 0
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:  # noqa: D102
-        if self.attack is not None:
-            self.attack.active = True
+        if self.attack is not None:  # what the scoring below pairs with this batch's inputs
             self.attack.reconstructions.clear()
             self.attack.hijacking_gradients.clear()
 
@@ -193,7 +191,6 @@ class FeatureSpaceHijackingAttack(Callback):
         attack = self.attack
         if attack is None:
             return
-        attack.active = False
         num_clients = int(getattr(pl_module, "num_clients", 1))
         schedule = str(getattr(pl_module, "client_schedule", "parallel"))
         assert self._mean_image is not None

@@ -19,9 +19,9 @@ server sends what the client receives with :meth:`Cut.receive_down` and
 :meth:`Cut.receive_state_down` (and the other way round for states). Both sides count the same
 bytes. Everything that crosses is one :class:`Parcel` handed to :meth:`Cut.transmit`.
 
-A :class:`CutTap` in :attr:`Cut.taps` sits on the server's side of the seam: it sees every batch of
-activations that arrives there and may replace every gradient before it is sent down (an attack by
-a malicious server, a defense, a probe), without any change to the training step.
+A :class:`CutTap` in :attr:`Cut.taps` sits on the server's side of the seam: it sees every training
+batch of activations the server trains on and may replace every gradient before it is sent down (an
+attack by a malicious server, a defense, a probe), without any change to the training step.
 """
 
 from __future__ import annotations
@@ -98,9 +98,10 @@ class CutTap:
     """The server's side of the seam, observed: what arrives there and what is sent down from there.
 
     Subclass it and override either method (the defaults do nothing), then put an instance in
-    :attr:`Cut.taps`. A tap runs only where the server runs (:attr:`Cut.sides`), in the order of
-    :attr:`Cut.taps`, and on every crossing: training, evaluation and prediction batches alike (a tap
-    that cares tells them apart itself).
+    :attr:`Cut.taps`. Taps run in the order of :attr:`Cut.taps`, only where the server runs, in the
+    server's phase of a training step (so their time and memory count as the server's): each training
+    batch that arrives (:meth:`Cut.tap_arrival`, called by the step before the server's forward) and
+    each gradient sent down (:meth:`Cut.send_down`). Evaluation and prediction batches are not tapped.
 
     Example::
 
@@ -115,7 +116,7 @@ class CutTap:
     """
 
     def arrived(self, activations: Activation, labels: Tensor, client: int = 0, reply: bool = False) -> None:
-        """A batch from ``client`` arrived at the server, decoded: what the server computes on.
+        """A training batch from ``client`` arrived at the server, decoded: what the server trains on next.
 
         ``reply``: the client waits for this batch's gradient (sl, hybrid's feedback batches).
         """
@@ -224,11 +225,16 @@ class Cut:
         payload, *mask, label_payload = parcel.payloads  # a sequence's mask sits between values and labels
         values = self.codec.decode(payload)
         activations = MaskedSequence(values, mask[0].tensors[0]) if mask else values
-        labels = label_payload.tensors[0]
-        if "server" in self.sides:  # in one process the arrival is the server's; a client only mirrors it
-            for tap in self.taps:
-                tap.arrived(activations, labels, client, parcel.reply)
-        return activations, labels
+        return activations, label_payload.tensors[0]
+
+    def tap_arrival(self, activations: Activation, labels: Tensor, client: int = 0, reply: bool = False) -> None:
+        """The server is about to train on a batch from ``client``: tell each of :attr:`taps`.
+
+        The training step calls this on the server's side, inside the server's phase, with what arrived
+        (decoded); ``reply``: a gradient goes down for this batch. Evaluation batches are not tapped.
+        """
+        for tap in self.taps:
+            tap.arrived(activations, labels, client, reply)
 
     # ------------------------------------------------------------------ down: the gradient at the cut
     def send_down(self, gradient: Tensor, client: int = 0) -> Tensor:

@@ -47,7 +47,7 @@ class FeatureSpaceHijacking(CutTap):
         seed: seeds the auxiliary batches and the penalty's interpolation (the global RNG is left alone).
 
     Attributes:
-        active: the tap acts only while this is true (a caller switches it off for evaluation batches).
+        active: the tap acts only while this is true (off: the server is honest again, nothing is trained).
         steps: training batches the attack has seen.
         reconstructions: per client, ``decoder(z)`` of the last batch that arrived (detached).
         hijacking_gradients: per client, the last hijacking gradient computed (detached), sent down or not.

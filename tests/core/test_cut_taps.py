@@ -23,23 +23,23 @@ class Recorder(CutTap):
         return gradient * self.scale
 
 
-class ClientSide(Cut):
-    @property
-    def sides(self) -> frozenset[str]:
-        return frozenset({"client"})
-
-
-def test_a_tap_sees_the_decoded_arrival_on_the_server_only() -> None:
+def test_a_tap_sees_each_training_batch_as_the_server_receives_it_and_no_evaluation_batch() -> None:
     tap = Recorder()
     cut = Cut(codec="fp16", taps=[tap])
-    z = torch.tensor([[1.0001, 2.0]])
-    cut.send_up(z, torch.tensor([3]), client=2, reply=True)
-    ((activations, labels, client, reply),) = tap.arrivals
-    assert activations.dtype == torch.float32 and activations[0, 0].item() == 1.0  # what the server computes on
-    assert (labels.tolist(), client, reply) == ([3], 2, True)
-    client_tap = Recorder()
-    ClientSide(taps=[client_tap]).send_up(z, torch.tensor([3]))  # a client process mirrors the arrival: no tap
-    assert client_tap.arrivals == []
+    client, server, head = nn.Linear(1, 1, bias=False), nn.Linear(1, 2), nn.Linear(1, 2)
+    nn.init.constant_(client.weight, 1.0001)
+    optimizer = torch.optim.SGD([*client.parameters(), *server.parameters(), *head.parameters()], lr=0.0)
+    x, y = torch.ones(1, 1), torch.tensor([1])
+    for feedback in (1.0, None):
+        split_step(
+            client, server, head, x, y, cut=cut, client_optimizer=optimizer, server_optimizer=optimizer,
+            feedback_weight=feedback, client_index=2,
+        )  # fmt: skip
+    (z_sl, labels, client_index, reply), (_, _, _, reply_dsl) = tap.arrivals
+    assert z_sl.dtype == torch.float32 and z_sl.item() == 1.0  # decoded: what the server computes on
+    assert (labels.tolist(), client_index, reply, reply_dsl) == ([1], 2, True, False)
+    cut.send_up(torch.ones(1, 1), y)  # an evaluation batch crosses the cut without the step: not tapped
+    assert len(tap.arrivals) == 2
 
 
 def test_taps_replace_the_gradient_in_order_and_what_they_return_is_sent_and_counted() -> None:

@@ -150,3 +150,20 @@ def test_non_image_data_and_the_split_strategy_are_refused() -> None:
         attack.setup(trainer, model, "fit")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"a DecoupledSplitModule \(a module with a `cut`\), got Module"):
         attack.setup(trainer, torch.nn.Module(), "fit")  # type: ignore[arg-type]
+
+
+def test_with_many_clients_each_clients_batch_is_hijacked_and_scored(tmp_path: Path, single_thread: None) -> None:
+    attack = FeatureSpaceHijackingAttack(auxiliary_size=32)
+    model = module("sl", num_clients=2)
+    trainer = Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[attack],
+    )  # fmt: skip
+    data = DigitsDataModule(batch_size=16, num_clients=2)
+    trainer.fit(model, datamodule=data)
+    assert attack.attack is not None and (attack.attack.steps, attack.attack.sent_down) == (4, 4)
+    data.setup()
+    private = torch.cat([x for loader in data.train_dataloader().iterables for x, _ in list(loader)[:2]])
+    mean_image = data.test_set.tensors[0][:32].mean(0, keepdim=True)
+    baseline = (((mean_image - private) * data.std) ** 2).mean().item()  # all four client batches, scored
+    assert attack.history[0]["privacy/fsha_baseline_mse"] == pytest.approx(baseline, rel=1e-5)

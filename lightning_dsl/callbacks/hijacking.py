@@ -63,8 +63,10 @@ class FeatureSpaceHijackingAttack(Callback):
         seed: int = 0,
     ) -> None:
         if auxiliary not in AUXILIARY_SPLITS:
-            hint = " (the clients train on it: the attacker's data must be disjoint from theirs)" * (
-                auxiliary == "train"
+            hint = (
+                " (the clients train on it: the attacker's data must be disjoint from theirs)"
+                if auxiliary == "train"
+                else ""
             )
             raise ValueError(
                 f"Expected argument `auxiliary` to be one of {list(AUXILIARY_SPLITS)}, a split no client trains on,"

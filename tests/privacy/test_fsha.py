@@ -166,3 +166,14 @@ def test_integer_inputs_are_refused() -> None:
     client, *_ = setup()
     with pytest.raises(ValueError, match=r"`public_inputs` to be a non-empty float tensor"):
         FeatureSpaceHijacking(client, client, client, torch.zeros(3, 4, dtype=torch.long))
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from lightning_dsl.core import cut
+    from lightning_dsl.privacy import fsha
+
+    for module in (fsha, cut):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__

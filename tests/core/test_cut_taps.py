@@ -8,6 +8,8 @@ from torch import Tensor, nn
 
 from lightning_dsl.core import Cut, CutTap, split_step
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: threads only wait for each other
+
 
 class Recorder(CutTap):
     """Records arrivals; sends down ``scale`` times the gradient."""

@@ -12,6 +12,8 @@ from lightning_dsl.core import Cut, build_aux_head, split_step
 from lightning_dsl.models import small_cnn
 from lightning_dsl.privacy import FeatureSpaceHijacking, default_networks
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny networks: threads only wait for each other
+
 
 def setup(seed: int = 0) -> tuple[nn.Module, nn.Module, nn.Module, Tensor, Tensor, Tensor]:
     torch.manual_seed(seed)

@@ -4,12 +4,10 @@ For the canonical CIFAR ResNet (default ResNet-110), batch 128, random CIFAR-sha
 named cuts, each mode runs :func:`lightning_dsl.core.split_step` with a :class:`~lightning_dsl.core.Cut`
 and the ``"linear"`` auxiliary head, and the script reports:
 
-(a) bytes per batch up and down (``cut.traffic``) and the dsl/sl ratio next to the closed form
-    ``(A + L) / (2A + L)`` (A activation bytes, L label bytes), compared exactly;
-(b) the peak of live saved-for-backward bytes per side and combined, from the package's cut planner
-    (:func:`lightning_dsl.cuts.plan_cuts`: each unit measured once with the saved-tensor hooks; equal to
-    a real step's :class:`~lightning_dsl.core.memory.SavedTensorTracker`, tested at every cut) and the
-    dsl/sl ratio next to the ideal ``max(client, server) / (client + server)``;
+(a) bytes per batch up and down and the dsl/sl ratio next to the closed form ``(A + L) / (2A + L)``
+    (A activation bytes, L label bytes), compared exactly;
+(b) the peak of live saved-for-backward bytes per side and combined, and the dsl/sl ratio next to the
+    ideal ``max(client, server) / (client + server)``;
 (c) the CUDA peak allocated per phase and per step (``--device cuda`` only);
 (d) the step time of each mode, measured side by side: every (cut, mode) warms up, then the
     repeats run all of them in turn (order reversed on every other repeat), tracker off;
@@ -21,7 +19,12 @@ and the ``"linear"`` auxiliary head, and the script reports:
 (g) each built-in head (linear at pooling grids 1, 2, 4, mlp, conv): its parameters, and its
     forward + backward time alone relative to the client's forward + backward.
 
-It prints the hardware and markdown tables, and writes ``cut_costs.md``, ``cut_costs.json`` and
+(a) and (b) are the package's cut planner's figures (:func:`lightning_dsl.cuts.plan_cuts`: each unit
+measured once, every cut derived; its bytes are what the codec encodes, its saved bytes equal a real
+step's :class:`~lightning_dsl.core.memory.SavedTensorTracker`, tested at every cut in
+``tests/cuts/test_costs.py``); this script measures only what the planner does not: the CUDA peaks, the
+steps' times side by side, and the heads' and codecs' costs alone. It prints the hardware and markdown
+tables (:mod:`benchmarks.cut_costs_report`), and writes ``cut_costs.md``, ``cut_costs.json`` and
 ``cut_costs.png`` to ``--out``.
 
     python benchmarks/cut_costs.py                         # ResNet-110, batch 128: ~10 min on 2 cores
@@ -35,7 +38,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -49,16 +51,13 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+from benchmarks.cut_costs_report import MODES, chart, checks, hardware, summary, tables  # noqa: E402
 from lightning_dsl.core import Cut, build_aux_head, get_codec, split_network, split_step  # noqa: E402
 from lightning_dsl.core.split import cut_units  # noqa: E402
-from lightning_dsl.cuts import plan_cuts  # noqa: E402
+from lightning_dsl.cuts import CutCosts, plan_cuts  # noqa: E402
 from lightning_dsl.models import cifar_resnet  # noqa: E402
 
-MODES = ("sl", "dsl")
 FEEDBACK_WEIGHT = {"sl": 1.0, "dsl": None}
-MIB = 2**20
-SHALLOW_TARGET = 0.60  # issue 3: dsl's combined saved-activation peak at the shallow cut, relative to sl
-HEAD_TARGET = 0.02  # issue 3: the auxiliary head adds at most 2 % to the step time
 
 
 # ---------------------------------------------------------------------------------------------- setup
@@ -161,8 +160,8 @@ class CudaPeaks:
             self.phases[side] = max(self.phases.get(side, 0), peak)
 
 
-def planned_memory(args: argparse.Namespace, inputs: Tensor, labels: Tensor, device: torch.device) -> dict[int, Any]:
-    """The saved-activation figures of every cut from the package's planner (each unit measured once)."""
+def planned(args: argparse.Namespace, inputs: Tensor, labels: Tensor, device: torch.device) -> dict[int, CutCosts]:
+    """Every cut's bytes and saved activations from the package's planner (each unit measured once)."""
     torch.manual_seed(args.seed)
     network = cifar_resnet(args.depth, num_classes=args.num_classes).to(device).train()
     plans = plan_cuts(
@@ -171,26 +170,25 @@ def planned_memory(args: argparse.Namespace, inputs: Tensor, labels: Tensor, dev
     return {plan.index: plan for plan in plans}
 
 
-def measure_memory(run: Run, plan: Any, inputs: Tensor, labels: Tensor, device: torch.device) -> dict[str, Any]:
-    """One real step (bytes from the cut's traffic, CUDA peaks on a GPU); the saved peaks from the planner."""
+def from_plan(plan: CutCosts, mode: str, batch_size: int) -> dict[str, Any]:
+    """The planner's figures of one (cut, mode): bytes per batch up and down, the saved-activation peaks."""
+    return {
+        "bytes_up": round(plan.bytes_up * batch_size),  # the planner's bytes are per sample
+        "bytes_down": round(plan.bytes_down * batch_size) if mode == "sl" else 0,  # dsl sends no gradient down
+        "saved_client_peak_bytes": getattr(plan, f"saved_client_{mode}"),
+        "saved_server_peak_bytes": getattr(plan, f"saved_server_{mode}"),
+        "saved_peak_bytes": getattr(plan, f"saved_step_{mode}"),
+    }
+
+
+def measure_step(run: Run, inputs: Tensor, labels: Tensor, device: torch.device) -> dict[str, Any]:
+    """One real step: its loss and, on a GPU, the CUDA peaks per phase and per step (it also warms the run up)."""
     cuda = CudaPeaks(device) if device.type == "cuda" else None
-    before = run.cut.traffic.copy()
     if cuda is not None:
         cuda.start_step()
-    loss = run.step(inputs, labels, cuda)
+    result: dict[str, Any] = {"loss": run.step(inputs, labels, cuda)}
     if cuda is not None:
         cuda.end_step()
-    traffic = run.cut.traffic - before
-    result: dict[str, Any] = {
-        "bytes_up": traffic.bytes_up,
-        "bytes_down": traffic.bytes_down,
-        # tests/cuts/test_costs.py: the planner's figures equal a real step's tracker at every cut
-        "saved_client_peak_bytes": getattr(plan, f"saved_client_{run.mode}"),
-        "saved_server_peak_bytes": getattr(plan, f"saved_server_{run.mode}"),
-        "saved_peak_bytes": getattr(plan, f"saved_step_{run.mode}"),
-        "loss": loss,
-    }
-    if cuda is not None:
         result.update({f"cuda_{side}_peak_bytes": value for side, value in cuda.phases.items()})
         result["cuda_step_peak_bytes"] = cuda.step
     return result
@@ -201,58 +199,56 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(run: Run, inputs: Tensor, labels: Tensor, steps: int, device: torch.device) -> tuple[float, float]:
-    """Seconds per step over ``steps`` steps, and the last loss."""
+def per_call(call: Callable[[], Any], iters: int, device: torch.device) -> float:
+    """Seconds per ``call()`` over ``iters`` calls (synchronized on ``device``)."""
     synchronize(device)
     start = time.perf_counter()
-    for _ in range(steps):
-        loss = run.step(inputs, labels)
+    for _ in range(iters):
+        call()
     synchronize(device)
-    return (time.perf_counter() - start) / steps, loss
+    return (time.perf_counter() - start) / iters
+
+
+def time_steps(run: Run, inputs: Tensor, labels: Tensor, steps: int, device: torch.device) -> tuple[float, float]:
+    """Seconds per step over ``steps`` steps, and the last loss."""
+    losses: list[float] = []
+    seconds = per_call(lambda: losses.append(run.step(inputs, labels)), steps, device)
+    return seconds, losses[-1]
 
 
 def time_head(run: Run, z_shape: torch.Size, labels: Tensor, iters: int, device: torch.device) -> float:
     """Seconds of the auxiliary head's forward, loss and backward (to the cut's gradient), alone."""
     head = copy.deepcopy(run.head)
     z = torch.randn(labels.shape[0], *z_shape, device=device, requires_grad=True)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
+
+    def call() -> None:
         z.grad = None
         head.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(head(z), labels).backward()
-    synchronize(device)
-    return (time.perf_counter() - start) / iters
+
+    return per_call(call, iters, device)
 
 
 CODECS = ("fp16", "bf16", "int8", "int8-channel")
 HEADS = (("linear", {"pool": 1}), ("linear", {"pool": 2}), ("linear", {"pool": 4}), ("mlp", {}), ("conv", {}))
-CODEC_TARGET = 0.05  # issue 5: encode + decode cost at most 5 % of the step at ResNet-110's shallow cut
 
 
 def time_codec(codec_name: str, z: Tensor, iters: int, device: torch.device) -> tuple[float, int]:
     """Seconds of one encode + decode of ``z``, and the encoded bytes."""
     codec = get_codec(codec_name)
-    nbytes = codec.encode(z).nbytes
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        codec.decode(codec.encode(z))
-    synchronize(device)
-    return (time.perf_counter() - start) / iters, nbytes
+    return per_call(lambda: codec.decode(codec.encode(z)), iters, device), codec.encode(z).nbytes
 
 
 def time_client(run: Run, inputs: Tensor, iters: int, device: torch.device) -> float:
     """Seconds of the client's forward and backward (from a gradient at the cut), parameters not stepped."""
     client = copy.deepcopy(run.client)
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
+
+    def call() -> None:
         client.zero_grad(set_to_none=True)
         z = client(inputs)
         z.backward(torch.ones_like(z))
-    synchronize(device)
-    return (time.perf_counter() - start) / iters
+
+    return per_call(call, iters, device)
 
 
 def head_costs(run: Run, inputs: Tensor, labels: Tensor, iters: int, device: torch.device) -> list[dict[str, Any]]:
@@ -277,193 +273,6 @@ def head_costs(run: Run, inputs: Tensor, labels: Tensor, iters: int, device: tor
             }
         )
     return rows
-
-
-# ---------------------------------------------------------------------------------------------- statistics
-def summary(values: list[float]) -> dict[str, Any]:
-    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else (values * 3)
-    return {"median": statistics.median(values), "q1": q1, "q3": q3, "min": min(values), "max": max(values)}
-
-
-def hardware(device: torch.device) -> dict[str, Any]:
-    model = platform.processor() or "unknown"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
-    info: dict[str, Any] = {
-        "cpu": model,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "device": str(device),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-# ---------------------------------------------------------------------------------------------- report
-def mib(value: float) -> str:
-    return f"{value / MIB:,.1f}"
-
-
-def tables(results: dict[str, Any]) -> str:
-    cuts = results["cuts"]
-    lines = [
-        "### (a) Bytes per batch across the cut",
-        "",
-        "| cut | split | A (act. bytes) | L (label bytes) | sl up | sl down | dsl up | dsl down | dsl/sl"
-        " | (A+L)/(2A+L) | equal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, c in cuts.items():
-        sl, dsl = c["sl"], c["dsl"]
-        lines.append(
-            f"| {name} | {c['split_index']} | {c['activation_bytes']:,} | {c['label_bytes']:,} | {sl['bytes_up']:,}"
-            f" | {sl['bytes_down']:,} | {dsl['bytes_up']:,} | {dsl['bytes_down']:,} | {c['bytes_ratio']}"
-            f" = {float(Fraction(c['bytes_ratio'])):.6f} | {c['bytes_ratio_closed_form']} | {c['bytes_ratio_exact']} |"
-        )
-    lines += [
-        "",
-        "### (b) Peak saved-for-backward activations (MiB)",
-        "",
-        "| cut | sl client | sl server | sl combined | dsl client | dsl server | dsl combined | dsl/sl"
-        " | ideal max(C,S)/(C+S) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, c in cuts.items():
-        sl, dsl = c["sl"], c["dsl"]
-        lines.append(
-            f"| {name} | {mib(sl['saved_client_peak_bytes'])} | {mib(sl['saved_server_peak_bytes'])}"
-            f" | {mib(sl['saved_peak_bytes'])} | {mib(dsl['saved_client_peak_bytes'])}"
-            f" | {mib(dsl['saved_server_peak_bytes'])} | {mib(dsl['saved_peak_bytes'])}"
-            f" | {c['saved_peak_ratio']:.4f} | {c['saved_peak_ideal']:.4f} |"
-        )
-    lines += [
-        "",
-        "C: the client's graph (dsl client peak; it includes the cut activation z); S: the rest of the end-to-end"
-        " graph (sl combined - C). Run alone in dsl, the server also holds its input z, so its peak is S + A.",
-    ]
-    if any("cuda_step_peak_bytes" in c["sl"] for c in cuts.values()):
-        lines += [
-            "",
-            "### (c) CUDA peak allocated (MiB; model, gradients and optimizer state included)",
-            "",
-            "| cut | mode | client phase | server phase | step |",
-            "|---|---|---|---|---|",
-        ]
-        for name, c in cuts.items():
-            for mode in MODES:
-                m = c[mode]
-                lines.append(
-                    f"| {name} | {mode} | {mib(m.get('cuda_client_peak_bytes', 0))}"
-                    f" | {mib(m.get('cuda_server_peak_bytes', 0))} | {mib(m['cuda_step_peak_bytes'])} |"
-                )
-    repeats = results["config"]["repeats"]
-    lines += [
-        "",
-        f"### (d, e) Step time, side by side ({repeats} interleaved repeats; median [IQR]; tracker off)",
-        "",
-        "| cut | sl s/step | dsl s/step | dsl/sl (paired, median [min, max]) | head alone ms | head share of dsl step"
-        " (median [min, max]) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, c in cuts.items():
-        t = c["time"]
-        sl, dsl, ratio, head, share = t["sl_s"], t["dsl_s"], t["dsl_over_sl"], t["head_s"], t["head_share"]
-        lines.append(
-            f"| {name} | {sl['median']:.3f} [{sl['q1']:.3f}, {sl['q3']:.3f}]"
-            f" | {dsl['median']:.3f} [{dsl['q1']:.3f}, {dsl['q3']:.3f}]"
-            f" | {ratio['median']:.3f} [{ratio['min']:.3f}, {ratio['max']:.3f}]"
-            f" | {head['median'] * 1e3:.2f} | {share['median']:.3%} [{share['min']:.3%}, {share['max']:.3%}] |"
-        )
-    lines += [
-        "",
-        "### (f) Codecs at the cut: bytes per batch up and encode + decode time (alone) over the dsl step",
-        "",
-        "| cut | codec | bytes up / batch | / float32 | encode+decode ms | share of dsl step |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, c in cuts.items():
-        fp32 = c["activation_bytes"] + c["label_bytes"]
-        for codec, row in c["codecs"].items():
-            up = row["bytes"] + c["label_bytes"]
-            lines.append(
-                f"| {name} | {codec} | {up:,} | {up / fp32:.4f} | {row['seconds'] * 1e3:.2f} | {row['share']:.3%} |"
-            )
-    lines += [
-        "",
-        "### (g) Auxiliary heads: parameters and forward + backward time, relative to the client",
-        "",
-        "| cut | head | params | params / client's | fwd+bwd ms | time / client's fwd+bwd |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, c in cuts.items():
-        for row in c["heads"]:
-            lines.append(
-                f"| {name} | {row['head']} | {row['params']:,} | {row['params_over_client']:.4f}"
-                f" | {row['seconds'] * 1e3:.2f} | {row['time_over_client']:.3%} |"
-            )
-    return "\n".join(lines)
-
-
-def checks(results: dict[str, Any]) -> list[str]:
-    cuts = results["cuts"]
-    out = []
-    for name, c in cuts.items():
-        out.append(f"bytes ratio == (A+L)/(2A+L) at {name}: {'PASS' if c['bytes_ratio_exact'] else 'MISS'}")
-    if "shallow" in cuts:
-        ratio = cuts["shallow"]["saved_peak_ratio"]
-        verdict = "PASS" if ratio <= SHALLOW_TARGET else "MISS"
-        out.append(f"saved-activation peak dsl/sl at shallow = {ratio:.4f} (target <= {SHALLOW_TARGET}): {verdict}")
-    for name, c in cuts.items():
-        share = c["time"]["head_share"]["median"]
-        verdict = "PASS" if share <= HEAD_TARGET else "MISS"
-        out.append(f"aux head share of the dsl step at {name} = {share:.3%} (target <= {HEAD_TARGET:.0%}): {verdict}")
-    if "shallow" in cuts:
-        for codec, row in cuts["shallow"]["codecs"].items():
-            verdict = "PASS" if row["share"] <= CODEC_TARGET else "MISS"
-            out.append(
-                f"{codec} encode+decode share of the dsl step at shallow = {row['share']:.3%}"
-                f" (target <= {CODEC_TARGET:.0%}): {verdict}"
-            )
-    return out
-
-
-def chart(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cuts = list(results["cuts"])
-    x = range(len(cuts))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    width = 0.38
-    for i, mode in enumerate(MODES):
-        values = [results["cuts"][c][mode]["saved_peak_bytes"] / MIB for c in cuts]
-        bars = left.bar([k + (i - 0.5) * width for k in x], values, width, label=mode)
-        left.bar_label(bars, fmt="%.0f", fontsize=8)
-    for k, c in enumerate(cuts):
-        left.annotate(f"dsl/sl {results['cuts'][c]['saved_peak_ratio']:.3f}", (k, 0), xytext=(0, -28),
-                      textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
-    left.set(xticks=list(x), xticklabels=cuts, ylabel="MiB", title="Peak saved-for-backward activations (combined)")
-    left.legend(loc="upper center", ncols=2)
-    left.margins(y=0.15)
-    width = 0.2
-    for i, (mode, direction) in enumerate((m, d) for m in MODES for d in ("up", "down")):
-        values = [results["cuts"][c][mode][f"bytes_{direction}"] / MIB for c in cuts]
-        bars = right.bar([k + (i - 1.5) * width for k in x], values, width, label=f"{mode} {direction}")
-        right.bar_label(bars, fmt="%.1f", fontsize=7)
-    right.set(xticks=list(x), xticklabels=cuts, ylabel="MiB per batch", title="Bytes across the cut per batch")
-    right.legend(loc="upper center", ncols=4, fontsize=8)
-    right.margins(y=0.15)
-    config = results["config"]
-    fig.suptitle(f"ResNet-{config['depth']}, batch {config['batch_size']}, float32", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -507,12 +316,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     inputs = torch.randn(args.batch_size, 3, 32, 32, generator=generator).to(device)
     labels = torch.randint(0, args.num_classes, (args.batch_size,), generator=generator).to(device)
 
-    # (a, b, c): the saved activations of every cut from the planner; one real step per run for the bytes (and the
-    # CUDA peaks), which also warms the run up.
-    plans = planned_memory(args, inputs, labels, device)
+    # (a, b): the bytes and saved activations of every cut from the planner; (c): one real step per run for the
+    # CUDA peaks, which also warms the run up.
+    plans = planned(args, inputs, labels, device)
     measured: dict[tuple[str, str], dict[str, Any]] = {}
     for run in runs:
-        measured[run.cut_name, run.mode] = measure_memory(run, plans[run.split_index], inputs, labels, device)
+        figures = from_plan(plans[run.split_index], run.mode, args.batch_size)
+        measured[run.cut_name, run.mode] = {**figures, **measure_step(run, inputs, labels, device)}
         print(f"measured {run.cut_name:>8} {run.mode:>3}: {measured[run.cut_name, run.mode]}", flush=True)
     for run in runs:
         for _ in range(args.warmup):

@@ -1,6 +1,6 @@
-"""``python -m lightning_dsl fit --config configs/quickstart.yaml``."""
+"""``python -m lightning_dsl fit --config configs/quickstart.yaml`` (and ``python -m lightning_dsl cuts ...``)."""
 
-from lightning_dsl.cli import entrypoint
+from lightning_dsl.commands import entrypoint
 
 if __name__ == "__main__":
     entrypoint()

@@ -20,9 +20,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_dsl import loops
-from lightning_dsl import trainer_glue as glue
-from lightning_dsl.core import assembly, optimizers
+import lightning_dsl.core.assembly as assembly
+import lightning_dsl.core.optimizers as optimizers
+import lightning_dsl.loops as loops
+import lightning_dsl.trainer_glue as glue
 from lightning_dsl.core.clients import ClientPair, ClientPool
 from lightning_dsl.core.codecs import Codec, get_codec
 from lightning_dsl.core.config import CLIP_ALGORITHMS, MODES, RunConfig
@@ -32,6 +33,7 @@ from lightning_dsl.core.peek import batch_inputs
 from lightning_dsl.core.phases import PhaseHook, PhaseHooks
 from lightning_dsl.core.sequence import values_of
 from lightning_dsl.core.split import named_cuts, split_network
+from lightning_dsl.models.registry import resolve_network
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
 
 __all__ = ["CLIP_ALGORITHMS", "MODES", "DecoupledSplitModule", "default_optimizer"]
@@ -193,7 +195,7 @@ class DecoupledSplitModule(LightningModule):
             raise ValueError(
                 "Argument `split_index` is required: the number of cut units on the client, or a cut name."
             )
-        network = self.build_network() if network is None else assembly.resolve_network(network, num_classes)
+        network = self.build_network() if network is None else resolve_network(network, num_classes)
         self.cut_names = named_cuts(network)  # {"shallow": 19, ...}: what `lightning-dsl cuts` marks
         halves = split_network(network, split_index)
         self.client, self.server = halves.client, halves.server

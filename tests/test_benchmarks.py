@@ -226,3 +226,19 @@ def test_split_wall_time_at_toy_size(tmp_path: Path) -> None:
     dsl, sl = results
     assert sl["simulated_bytes"] > 1.9 * dsl["simulated_bytes"]  # sl's gradients come down too
     assert "| plain | shallow |" in done.stdout
+
+
+def test_fsha_digits_at_toy_size(tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two epochs of 3 batches in each mode: a history per run, what went down per mode, the table with the baseline."""
+    from benchmarks import fsha_digits
+
+    out = tmp_path / "fsha.json"
+    result = fsha_digits.main(
+        ["--epochs", "2", "--batches", "3", "--modes", "sl", "dsl", "--seeds", "0", "--out", str(out)]
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    sl, dsl = result["histories"]["sl-s0"], result["histories"]["dsl-s0"]
+    assert [row["privacy/fsha_sent_down"] for row in sl + dsl] == [3, 3, 0, 0]
+    assert sl[0]["privacy/fsha_baseline_mse"] == dsl[0]["privacy/fsha_baseline_mse"] > 0  # the same private images
+    printed = capsys.readouterr().out
+    assert "| epoch | sl-s0 | dsl-s0 | baseline |" in printed and "\n| 1 | " in printed

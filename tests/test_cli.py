@@ -267,3 +267,113 @@ def test_unknown_aux_head_is_a_usage_error(in_tmp: Path) -> None:
         assert exit_info.code == 2
     else:
         raise AssertionError("DecoupledSplitModule(aux_head='bogus') was built without an error")
+
+
+# ---------------------------------------------------------------------------------------- misspelled keys
+@pytest.mark.parametrize(
+    ("argument", "error"),
+    [
+        (
+            "--model.init_args.split_idx=3",
+            "error: `model.init_args.split_idx` is not a valid key (lightning_dsl.DecoupledSplitModule has no"
+            " argument `split_idx`): did you mean `model.init_args.split_index`?",
+        ),
+        (
+            "--data.init_args.batchsize=32",
+            "error: `data.init_args.batchsize` is not a valid key (lightning_dsl.data.DigitsDataModule has no"
+            " argument `batchsize`): did you mean `data.init_args.batch_size`?",
+        ),
+        (
+            "--model.init_args.client_optimizer.init_args.lrr=0.1",
+            "error: `model.init_args.client_optimizer.init_args.lrr` is not a valid key (torch.optim.SGD has no"
+            " argument `lrr`): did you mean `model.init_args.client_optimizer.init_args.lr`?",
+        ),
+        ("--summry.filename=s.json", "error: `summry.filename` is not a valid key: did you mean `summary.filename`?"),
+        (
+            "--trainer.max_epochz=3",
+            "error: `trainer.max_epochz` is not a valid key: did you mean `trainer.max_epochs`?",
+        ),
+    ],
+)
+def test_misspelled_key_is_the_last_line_with_the_closest_key(
+    argument: str, error: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_dsl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(args=["fit", "--config", str(QUICKSTART), argument])
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == error
+    # A one-line usage and the tip before it, not the ~70 lines of the full usage.
+    assert len(lines) == 3 and lines[0].startswith("usage: ") and lines[1].startswith("tip: ")
+
+
+@pytest.mark.parametrize(
+    ("config", "error"),
+    [
+        (
+            {"model": {"init_args": {"split_idx": 2}}},
+            "error: `model.init_args.split_idx` is not a valid key (lightning_dsl.DecoupledSplitModule has no"
+            " argument `split_idx`): did you mean `model.init_args.split_index`?",
+        ),
+        (
+            {"trainer": {"max_epoch": 2}},
+            "error: `trainer.max_epoch` is not a valid key: did you mean `trainer.max_epochs`?",
+        ),
+    ],
+)
+def test_misspelled_key_in_a_config_file(
+    config: dict, error: str, in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_dsl.cli import main
+
+    (in_tmp / "typo.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        main(args=["fit", "--config", str(QUICKSTART), "--config", str(in_tmp / "typo.yaml")])
+    assert capsys.readouterr().err.strip().splitlines()[-1] == error
+
+
+def test_unknown_key_without_a_close_match_lists_the_arguments(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_dsl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(args=["fit", "--config", str(QUICKSTART), "--data.init_args.qqqq=1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: `data.init_args.qqqq` is not a valid key (lightning_dsl.data.DigitsDataModule")
+    assert "; its arguments: batch_size, val_fraction, test_fraction, seed, num_workers, num_clients," in last
+
+
+# ---------------------------------------------------------------------------------------- data errors found in setup
+def test_data_error_found_in_setup_is_a_usage_error(tmp_path: Path) -> None:
+    # The digits have 1,257 training images: only setup knows, so jsonargparse cannot check it while parsing.
+    result = run_cli(tmp_path, "fit", "--config", str(QUICKSTART), "--data.init_args.num_clients=1258", *FEW_BATCHES)
+    assert result.returncode == 2, explain(result)
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: data (DigitsDataModule): Expected argument `num_clients` to be at most the number of samples, 1257,"
+        " so that every client has one, but got 1258."
+    )
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("summary.json"))
+
+
+def test_only_errors_raised_in_the_data_modules_setup_are_shortened() -> None:
+    from lightning.pytorch import LightningDataModule
+
+    from lightning_dsl.cli_parser import raised_in_data_setup
+
+    class Data(LightningDataModule):
+        def setup(self, stage: str | None = None) -> None:
+            raise ValueError("Expected argument `x` ...")
+
+        def train_dataloader(self) -> None:
+            raise ValueError("a bug")
+
+    data, other = Data(), Data()
+    for call, expected in ((data.setup, True), (data.train_dataloader, False)):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert raised_in_data_setup(info.value, data) is expected
+        assert raised_in_data_setup(info.value, other) is False  # another data module's setup

@@ -137,11 +137,14 @@ def many_clients() -> dict[str, Any]:
     return runpy.run_path(str(EXAMPLES / "many_clients.py"))
 
 
-@pytest.mark.parametrize(("schedule", "transfers"), [("parallel", 2 * 4), ("sequential", 3 + 4)])
-def test_many_clients_example(many_clients: dict[str, Any], single_thread: None, schedule: str, transfers: int) -> None:
-    """Two epochs of 4 non-IID clients: they learn, and every model transfer costs one client state."""
-    results = many_clients["main"](["--clients", "4", "--epochs", "2", "--schedule", schedule])
+@pytest.mark.parametrize(("schedule", "epochs", "transfers"), [("parallel", 3, 3 * 4), ("sequential", 2, 3 + 4)])
+def test_many_clients_example(
+    many_clients: dict[str, Any], single_thread: None, schedule: str, epochs: int, transfers: int
+) -> None:
+    """A few epochs of 4 non-IID clients: they learn, and every model transfer costs one client state."""
+    results = many_clients["main"](["--clients", "4", "--epochs", str(epochs), "--schedule", schedule])
     assert sum(results["shard_sizes"]) == 1500 and len(set(results["shard_sizes"])) > 1
+    # Parallel FedAvg over seed 0's Dir(0.5) clients (flwr's partition) reaches 0.28 after 2 epochs, 0.81 after 3.
     assert results["val/acc"] > 3 * CHANCE
     # parallel: 4 uploads per FedAvg round, one round per epoch; sequential: 3 hand-overs in epoch 1 and
     # 4 in epoch 2 (the last client first hands the model back to client 0).

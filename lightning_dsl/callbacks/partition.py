@@ -96,6 +96,8 @@ def _table(partition: Partition, max_rows: int) -> str:
     histogram = partition.histogram()
     sizes = partition.sizes
     setting = {"dirichlet": f", alpha={partition.alpha}", "shards": f", {partition.shards_per_client} shards each"}
+    if partition.num_dropped:
+        setting["shards"] += f", {partition.num_dropped} samples dropped"
     lines = [
         "",
         f"Partition: {partition.scheme}{setting.get(partition.scheme, '')}, {sum(sizes)} samples over"

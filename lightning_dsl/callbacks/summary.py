@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
@@ -26,6 +28,10 @@ class RunSummary(Callback):
     added to the W&B run's summary when a ``WandbLogger`` is attached. After ``trainer.test``
     the file is written again with the ``test/*`` figures and the callbacks' figures read anew
     (the test traffic, for instance). The per-epoch ``history`` survives a resume from a checkpoint.
+
+    The printed table has one row per figure of the run; per-client figures (``val/aux_acc/client<i>``,
+    ``comm/client<i>/...``) are summarised there over the clients, one row each, so that it stays short
+    with 100 clients (see :func:`table_lines`); ``summary.json`` holds every client's figures.
 
     Args:
         filename: name of the JSON file.
@@ -166,10 +172,78 @@ def _human_bytes(value: float) -> str:
     return f"{value:.1f} TiB"
 
 
+# A per-client figure: `comm/client3/total_bytes_up`, `val/aux_acc/client3` (the client's number, then the rest).
+_CLIENT_KEY = re.compile(r"^(?P<head>(?:.*/)?client)(?P<client>\d+)(?P<tail>/.*)?$")
+_BEST_WORST = 3  # clients named at each end of an accuracy or a loss
+
+
+def table_lines(summary: dict[str, Any]) -> list[str]:
+    """The lines of the printed summary: one row per run figure, then one row per per-client figure.
+
+    Per-client figures (``comm/client<i>/...``, ``val/aux_acc/client<i>``) are summarised over the clients,
+    so the table stays short whatever their number: the count, mean, standard deviation (over the clients,
+    ``ddof=0``), the smallest and largest with their client, and for accuracies and losses the worst and best
+    clients. Lists and dicts (the history, a split server's clients' reports) are left to ``summary.json``, as
+    is every per-client value.
+    """
+    rows: list[tuple[str, str]] = []
+    groups: dict[str, dict[int, float]] = {}
+    for key, value in summary.items():
+        if value is None or isinstance(value, (list, dict)):
+            continue
+        match = _CLIENT_KEY.match(key)
+        if match is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+            name = f"{match['head']}*{match['tail'] or ''}"
+            groups.setdefault(name, {})[int(match["client"])] = float(value)
+        else:
+            rows.append((key, _format(key, value)))
+    width = max((len(k) for k, _ in rows), default=0)
+    lines = ["", "Run summary", "-" * (width + 20)] + [f"{k:<{width}}  {v}" for k, v in rows]
+    if groups:
+        lines += _client_lines(groups)
+    return lines
+
+
+def _client_lines(groups: dict[str, dict[int, float]]) -> list[str]:
+    clients = sorted(set().union(*groups.values()))
+    header = ("figure", "clients", "mean", "std", "min (client)", "max (client)")
+    table = [header]
+    ends: list[str] = []
+    for name, values in groups.items():
+        numbers = np.array(list(values.values()))
+        low, high = min(values, key=values.__getitem__), max(values, key=values.__getitem__)
+        table.append(
+            (
+                name,
+                str(len(values)),
+                _format(name, float(numbers.mean())),
+                _format(name, float(numbers.std())),
+                f"{_format(name, values[low])} ({low})",
+                f"{_format(name, values[high])} ({high})",
+            )
+        )
+        if "acc" in name or "loss" in name:
+            # The lowest accuracies and the highest losses are the worst; ties go to the lower client number.
+            sign = 1.0 if "acc" in name else -1.0
+            worst = sorted(values, key=lambda c: (sign * values[c], c))
+            best = sorted(values, key=lambda c: (-sign * values[c], c))
+            k = max(1, min(_BEST_WORST, len(values) // 2))
+            ends.append(f"{name}  worst: {_clients(name, values, worst[:k])}; best: {_clients(name, values, best[:k])}")
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["", f"Clients ({len(clients)}; every client's figures are in summary.json)"]
+    lines += [
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in table
+    ]
+    return lines + ends
+
+
+def _clients(name: str, values: dict[int, float], clients: list[int]) -> str:
+    return ", ".join(f"client {c} {_format(name, values[c])}" for c in clients)
+
+
 @rank_zero_only
 def _print_table(summary: dict[str, Any]) -> None:
-    # Lists (the history, a split server's clients' reports) are in summary.json, not in the table.
-    rows = [(k, _format(k, v)) for k, v in summary.items() if v is not None and not isinstance(v, (list, dict))]
-    width = max(len(k) for k, _ in rows)
-    lines = ["", "Run summary", "-" * (width + 20)] + [f"{k:<{width}}  {v}" for k, v in rows]
-    rank_zero_info("\n".join(lines) + "\n")
+    rank_zero_info("\n".join(table_lines(summary)) + "\n")

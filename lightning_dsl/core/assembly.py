@@ -1,4 +1,4 @@
-"""Assembling a split network from its arguments: the network, its two halves, the auxiliary head, the codecs.
+"""Assembling a split network from its arguments: the auxiliary head, the probes and the codec checks.
 
 The auxiliary head is built from the cut activation's real shape, read by running the client half on a
 probe batch; the same probe checks that the codecs can carry the cut's dtype and that the server half ends
@@ -19,20 +19,6 @@ from lightning_dsl.core.codecs import Codec, check_codec_dtype
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
 from lightning_dsl.core.sequence import Activation, MaskedSequence, example_inputs, values_of
-
-
-def resolve_network(network: nn.Module | str, num_classes: int) -> nn.Module:
-    """The network itself, or the registered model of that name built for ``num_classes``."""
-    if isinstance(network, nn.Module):
-        return network
-    from lightning_dsl.models import create_model, list_models
-
-    if network not in list_models():
-        raise ValueError(
-            f"Expected argument `network` to be an nn.Module or a registered model name, one of"
-            f" {list_models()}, but got {network!r}."
-        )
-    return create_model(network, num_classes=num_classes)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ When client and server are separate processes, each holds a ``Cut`` for its own 
 server sends what the client receives with :meth:`Cut.receive_down` and
 :meth:`Cut.receive_state_down` (and the other way round for states). Both sides count the same
 bytes. Everything that crosses is one :class:`Parcel` handed to :meth:`Cut.transmit`.
+
+A :class:`CutTap` in :attr:`Cut.taps` sits on the server's side of the seam: it sees every training
+batch of activations the server trains on and may replace every gradient before it is sent down (an
+attack by a malicious server, a defense, a probe), without any change to the training step.
 """
 
 from __future__ import annotations
@@ -90,6 +94,38 @@ class Arrivals:
             yield arrival
 
 
+class CutTap:
+    """The server's side of the seam, observed: what arrives there and what is sent down from there.
+
+    Subclass it and override either method (the defaults do nothing), then put an instance in
+    :attr:`Cut.taps`. Taps run in the order of :attr:`Cut.taps`, only where the server runs, in the
+    server's phase of a training step (so their time and memory count as the server's): each training
+    batch that arrives (:meth:`Cut.tap_arrival`, called by the step before the server's forward) and
+    each gradient sent down (:meth:`Cut.send_down`). Evaluation and prediction batches are not tapped.
+
+    Example::
+
+        >>> import torch
+        >>> class Zero(CutTap):
+        ...     def sending_down(self, gradient, client=0):
+        ...         return torch.zeros_like(gradient)
+        >>> cut = Cut(taps=[Zero()])
+        >>> cut.send_down(torch.ones(2, 3))
+        tensor([[0., 0., 0.],
+                [0., 0., 0.]])
+    """
+
+    def arrived(self, activations: Activation, labels: Tensor, client: int = 0, reply: bool = False) -> None:
+        """A training batch from ``client`` arrived at the server, decoded: what the server trains on next.
+
+        ``reply``: the client waits for this batch's gradient (sl, hybrid's feedback batches).
+        """
+
+    def sending_down(self, gradient: Tensor, client: int = 0) -> Tensor:
+        """The gradient the server is about to send ``client``; return what is sent instead (same shape)."""
+        return gradient
+
+
 PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
 
 
@@ -126,6 +162,7 @@ class Cut:
         codec: codec for the activations going up (``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``,
             ``"int8-channel"`` or a :class:`~lightning_dsl.core.codecs.Codec`).
         grad_codec: codec for the gradient coming down.
+        taps: :class:`CutTap` instances on the server's side of the seam, run in this order.
 
     Attributes:
         traffic: everything that crossed, all clients together.
@@ -144,6 +181,7 @@ class Cut:
     grad_codec: Codec | str = "none"
     traffic: Traffic = field(default_factory=Traffic)
     client_traffic: dict[int, Traffic] = field(default_factory=dict)
+    taps: list[CutTap] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.codec = get_codec(self.codec, "codec")
@@ -189,10 +227,31 @@ class Cut:
         activations = MaskedSequence(values, mask[0].tensors[0]) if mask else values
         return activations, label_payload.tensors[0]
 
+    def tap_arrival(self, activations: Activation, labels: Tensor, client: int = 0, reply: bool = False) -> None:
+        """The server is about to train on a batch from ``client``: tell each of :attr:`taps`.
+
+        The training step calls this on the server's side, inside the server's phase, with what arrived
+        (decoded); ``reply``: a gradient goes down for this batch. Evaluation batches are not tapped.
+        """
+        for tap in self.taps:
+            tap.arrived(activations, labels, client, reply)
+
     # ------------------------------------------------------------------ down: the gradient at the cut
     def send_down(self, gradient: Tensor, client: int = 0) -> Tensor:
-        """Server to client: the gradient of the server loss with respect to the cut activations."""
+        """Server to client: the gradient of the server loss with respect to the cut activations.
+
+        Each of :attr:`taps` may replace it first (:meth:`CutTap.sending_down`); what it returns is encoded,
+        counted and sent.
+        """
         assert isinstance(self.grad_codec, Codec)
+        for tap in self.taps:
+            replaced = tap.sending_down(gradient, client)
+            if replaced.shape != gradient.shape:
+                raise ValueError(
+                    f"Expected {type(tap).__name__}.sending_down to return a gradient of the shape it was given,"
+                    f" {tuple(gradient.shape)}, but got {tuple(replaced.shape)}."
+                )
+            gradient = replaced
         return self._arrived_down(
             self.transmit(Parcel("gradient", (self.grad_codec.encode(gradient),)), client), client
         )

@@ -17,6 +17,10 @@ This is the whole algorithm; the LightningModule only wires it to Lightning.
   auxiliary head then trains as a probe on the detached activations and never changes the
   client.
 
+The server shows each training batch that arrives to the cut's taps
+(:class:`~lightning_dsl.core.cut.CutTap`) before its forward, in its own phase; a tap may also replace
+the gradient the server sends down (:meth:`~lightning_dsl.core.cut.Cut.send_down`).
+
 Each optimizer gets exactly one ``zero_grad``, one backward and one ``step`` per batch, and
 the client runs one forward per batch (BatchNorm statistics move once). With gradient
 accumulation (:mod:`lightning_dsl.core.accumulation`) the caller skips the ``zero_grad`` or the
@@ -250,6 +254,7 @@ class _Step:
     def _server(self, z_up: Activation, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """The server's step on what arrived; with ``feedback`` the gradient at the cut is sent down (and returned)."""
         with self.phase("server"):
+            self.cut.tap_arrival(z_up, labels_up, self.client_index, reply=feedback)  # the server's observers
             self._zero_grad(self.server_optimizer)
             # With feedback the server needs d(loss)/dz: the activation (a sequence's values) becomes a leaf.
             leaf = values_of(z_up).detach().requires_grad_() if feedback else None

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_dsl.cli import main as cli_main
 from lightning_dsl.core.heads import HEADS, build_aux_head
 from lightning_dsl.core.sequence import MaskedSequence, example_inputs, values_of
 from lightning_dsl.cuts.costs import LinkSpeed, plan_cuts
@@ -47,14 +48,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the planner on ``argv`` (``sys.argv[2:]`` from the console script); print and return 0."""
+    """Run the planner on ``argv`` (default ``sys.argv[2:]``: the arguments after ``cuts``); print and return 0."""
     cli_parser = parser()
     args, rest = cli_parser.parse_known_args(sys.argv[2:] if argv is None else argv)
     if not any(arg.startswith(("--config", "--model")) for arg in rest):
         cli_parser.error("pass --config CONFIG: the config a `lightning-dsl fit` would use (overrides may follow)")
     _check(args)
-    from lightning_dsl.cli import main as cli_main
-
     argv0, sys.argv = sys.argv, sys.argv[:1]  # the training CLI reads `rest` only (it warns when both are given)
     try:
         cli = cli_main(args=rest, run=False)

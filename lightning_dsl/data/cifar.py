@@ -79,6 +79,9 @@ class CIFARDataModule(ClientsDataMixin, LightningDataModule):
             seeded by ``seed``.
         alpha: the Dirichlet concentration with ``partition="dirichlet"`` (smaller is more skewed).
         shards_per_client: label shards per client with ``partition="shards"``.
+        drop_remainder: with ``partition="shards"``, shards of exactly ``n // (num_clients * shards_per_client)``
+            training images, the rest left out, as flwr-datasets' ``ShardPartitioner(num_shards_per_partition=...)``;
+            by default every image is used, in shards and clients that differ by at most one image.
 
     Raises:
         ValueError: if an argument is out of range (``val_size``, ``train_subset`` and the partition against
@@ -109,6 +112,7 @@ class CIFARDataModule(ClientsDataMixin, LightningDataModule):
         partition: str = "iid",
         alpha: float | None = None,
         shards_per_client: int | None = None,
+        drop_remainder: bool = False,
     ) -> None:
         super().__init__()
         if name not in _NUM_CLASSES:
@@ -132,7 +136,7 @@ class CIFARDataModule(ClientsDataMixin, LightningDataModule):
                 f"Expected argument `train_subset` to be None (all training images) or at least"
                 f" {_NUM_CLASSES[name]} (one image per class of {name!r}), but got {train_subset}."
             )
-        self._init_clients(num_clients, partition, alpha, shards_per_client)
+        self._init_clients(num_clients, partition, alpha, shards_per_client, drop_remainder)
         self.save_hyperparameters()
         self.name = name  # LightningDataModule's `name` attribute, here the dataset's
         self._name: str = name

@@ -93,16 +93,23 @@ class ClientsDataMixin:
     partition_scheme: str
     alpha: float | None
     shards_per_client: int | None
+    drop_remainder: bool
     partition: Partition | None
 
     def _init_clients(
-        self, num_clients: int, partition: str, alpha: float | None, shards_per_client: int | None
+        self,
+        num_clients: int,
+        partition: str,
+        alpha: float | None,
+        shards_per_client: int | None,
+        drop_remainder: bool = False,
     ) -> None:
-        check_partition_args(num_clients, partition, alpha, shards_per_client)
+        check_partition_args(num_clients, partition, alpha, shards_per_client, drop_remainder)
         self.num_clients = num_clients
         self.partition_scheme = partition
         self.alpha = alpha
         self.shards_per_client = shards_per_client
+        self.drop_remainder = drop_remainder
         self.partition = None
 
     def _split_client(self) -> tuple[int, int] | None:
@@ -129,11 +136,13 @@ class ClientsDataMixin:
             self.shards_per_client,
             seed=self.seed,
             num_classes=num_classes,
+            drop_remainder=self.drop_remainder,
         )
-        sizes = self.partition.sizes
+        sizes, dropped = self.partition.sizes, self.partition.num_dropped
         rank_zero_info(
             f"{type(self).__name__}: {len(targets)} training samples over {num_clients} clients"
-            f" ({self.partition_scheme}), {min(sizes)} to {max(sizes)} each."
+            f" ({self.partition_scheme}), {min(sizes)} to {max(sizes)} each"
+            + (f", {dropped} dropped (drop_remainder=True)." if dropped else ".")
         )
 
     def _client_dataloaders(

@@ -36,6 +36,9 @@ class DigitsDataModule(ClientsDataMixin, LightningDataModule):
             seeded by ``seed``.
         alpha: the Dirichlet concentration with ``partition="dirichlet"`` (smaller is more skewed).
         shards_per_client: label shards per client with ``partition="shards"``.
+        drop_remainder: with ``partition="shards"``, shards of exactly ``n // (num_clients * shards_per_client)``
+            training images, the rest left out, as flwr-datasets' ``ShardPartitioner(num_shards_per_partition=...)``;
+            by default every image is used, in shards and clients that differ by at most one image.
 
     Raises:
         ValueError: if a fraction leaves a split with fewer images than classes, a count is negative, or the
@@ -67,6 +70,7 @@ class DigitsDataModule(ClientsDataMixin, LightningDataModule):
         partition: str = "iid",
         alpha: float | None = None,
         shards_per_client: int | None = None,
+        drop_remainder: bool = False,
     ) -> None:
         super().__init__()
         for arg, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -85,7 +89,7 @@ class DigitsDataModule(ClientsDataMixin, LightningDataModule):
             raise ValueError(f"Expected argument `batch_size` to be a positive integer, but got {batch_size}.")
         if num_workers < 0:
             raise ValueError(f"Expected argument `num_workers` to be 0 or more, but got {num_workers}.")
-        self._init_clients(num_clients, partition, alpha, shards_per_client)
+        self._init_clients(num_clients, partition, alpha, shards_per_client, drop_remainder)
         self.save_hyperparameters()
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -102,8 +106,8 @@ class DigitsDataModule(ClientsDataMixin, LightningDataModule):
         """Load the digits, split them (stratified, seeded), normalize with the training statistics, partition.
 
         Raises:
-            ValueError: if the partition does not fit the training images (more clients than images, shards
-                that do not divide them).
+            ValueError: if the partition does not fit the training images (more clients or shards than images, a
+                Dirichlet draw that leaves a client empty 11 times).
         """
         if self.train_set is not None:
             self._setup_partition(self.train_set.tensors[1], self.num_classes)

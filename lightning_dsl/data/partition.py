@@ -20,22 +20,27 @@ from torch import Tensor
 PARTITION_SCHEMES = ("iid", "dirichlet", "shards")
 """``"iid"``: every client gets the same class proportions (as equal as integers allow); ``"dirichlet"``: each
 class is split over the clients in proportions drawn from Dir(``alpha``) (smaller ``alpha``, more skew);
-``"shards"``: the label-sorted samples are cut into equal shards and each client gets ``shards_per_client`` of
-them (McMahan et al., 2017)."""
+``"shards"``: the label-sorted samples are cut into shards and each client gets ``shards_per_client`` of them
+(McMahan et al., 2017)."""
 
-# Redraws of all the classes' proportions while a Dirichlet partition leaves a client empty (as flwr-datasets'
-# DirichletPartitioner does for its `min_partition_size`), before samples are moved to the empty clients.
+# Redraws of all the classes' proportions while a Dirichlet partition leaves a client empty: flwr-datasets'
+# DirichletPartitioner with `min_partition_size=1` draws up to 11 times (its `sampling_try` 0 to 10), then refuses.
 _DIRICHLET_REDRAWS = 10
 
 
 def check_partition_args(
-    num_clients: int, scheme: str = "iid", alpha: float | None = None, shards_per_client: int | None = None
+    num_clients: int,
+    scheme: str = "iid",
+    alpha: float | None = None,
+    shards_per_client: int | None = None,
+    drop_remainder: bool = False,
 ) -> None:
     """Check the arguments of a partition that do not depend on the data (a data module calls it at construction).
 
     Raises:
-        ValueError: if ``num_clients`` is not a positive integer, ``scheme`` is unknown, or ``alpha`` or
-            ``shards_per_client`` is missing, out of range, or given to a scheme that does not use it.
+        ValueError: if ``num_clients`` is not a positive integer, ``scheme`` is unknown, or ``alpha``,
+            ``shards_per_client`` or ``drop_remainder`` is missing, out of range, or given to a scheme that does
+            not use it.
     """
     if isinstance(num_clients, bool) or not isinstance(num_clients, numbers.Integral) or num_clients < 1:
         raise ValueError(f"Expected argument `num_clients` to be a positive integer, but got {num_clients!r}.")
@@ -69,6 +74,13 @@ def check_partition_args(
             f"Expected argument `shards_per_client` to be None with scheme={scheme!r} (it is only used with"
             f" scheme='shards'), but got {shards_per_client!r}."
         )
+    if not isinstance(drop_remainder, bool):
+        raise ValueError(f"Expected argument `drop_remainder` to be True or False, but got {drop_remainder!r}.")
+    if drop_remainder and scheme != "shards":
+        raise ValueError(
+            f"Expected argument `drop_remainder` to be False with scheme={scheme!r} (it is only used with"
+            " scheme='shards'), but got True."
+        )
 
 
 def partition_indices(
@@ -78,24 +90,34 @@ def partition_indices(
     alpha: float | None = None,
     shards_per_client: int | None = None,
     seed: int = 0,
+    drop_remainder: bool = False,
 ) -> list[Tensor]:
     """Split the indices of a labelled data set over ``num_clients`` clients.
 
-    The result is one sorted ``LongTensor`` of indices per client; the clients' indices are disjoint and cover
-    every index exactly once, and the same ``seed`` gives the same partition.
+    The result is one sorted ``LongTensor`` of indices per client; the clients' indices are disjoint and every
+    client has at least one. They cover every index exactly once, except that ``drop_remainder=True`` leaves out
+    the samples that do not fill a shard. The same ``seed`` gives the same partition.
 
     * ``"iid"``: each class's indices are shuffled, the classes are laid end to end and the positions are dealt
       round-robin to the clients in a random order. Client sizes differ by at most one, and so does each class's
       count on any two clients; the clients that get one more are random, not always the first.
-    * ``"dirichlet"``: for each class ``c`` (in increasing order) proportions ``p ~ Dir(alpha * ones(num_clients))``
-      are drawn, then the ``n_c`` shuffled indices of the class are split at ``(cumsum(p) * n_c).astype(int)[:-1]``:
-      the definition of flwr-datasets' ``DirichletPartitioner`` (without its self-balancing). A small ``alpha``
-      can leave a client with nothing: then all the classes are drawn again, up to 10 times, and if a client is
-      still empty, each empty client in turn receives the highest index of the largest client (the lowest client
-      number among ties), so that every client has at least one sample.
-    * ``"shards"``: the indices, shuffled and then stably sorted by label, are cut into
-      ``num_clients * shards_per_client`` equal shards; each client gets ``shards_per_client`` random shards
-      (McMahan et al., "Communication-Efficient Learning of Deep Networks from Decentralized Data", 2017).
+    * ``"dirichlet"``: flwr-datasets' ``DirichletPartitioner(alpha=alpha, seed=seed, self_balancing=False)``,
+      draw for draw: for each class ``c`` in increasing order, proportions ``p ~ Dir(alpha * ones(num_clients))``
+      are drawn and the class's indices, in data set order, are split at ``(cumsum(p) * n_c).astype(int)[:-1]``.
+      When no client is left empty this is flwr's partition for any ``min_partition_size`` it meets (0 included).
+      Every client must have a sample here, so a draw that leaves one empty is drawn again from the same
+      generator, as flwr does with ``min_partition_size=1`` (the same partition as flwr's with that setting);
+      after 11 draws with an empty client, as flwr, it is refused.
+    * ``"shards"``: the indices, stably sorted by label (data set order within a class), are cut into
+      ``num_clients * shards_per_client`` consecutive shards, and the shards are dealt to the clients in the
+      order of one random permutation, ``shards_per_client`` each (McMahan et al., "Communication-Efficient
+      Learning of Deep Networks from Decentralized Data", 2017). By default every sample is used: client sizes
+      differ by at most one (which clients get one more is random) and so do shard sizes. With
+      ``drop_remainder=True`` every shard has ``len(targets) // (num_clients * shards_per_client)`` samples and
+      the rest are dropped: flwr-datasets' ``ShardPartitioner(num_shards_per_partition=shards_per_client,
+      seed=seed)``, shard for shard (it also drops a whole shard when ``len(targets) // shard size`` exceeds the
+      number of shards: the permutation runs over all the whole shards and the first are kept). When the shards
+      divide the samples, both ways give flwr's partition.
 
     All randomness comes from ``numpy.random.default_rng(seed)``.
 
@@ -106,21 +128,26 @@ def partition_indices(
         alpha: concentration of the Dirichlet distribution (``scheme="dirichlet"`` only).
         shards_per_client: shards per client (``scheme="shards"`` only).
         seed: seeds the partition.
+        drop_remainder: equal shards, the samples left over dropped (``scheme="shards"`` only).
 
     Returns:
         ``num_clients`` sorted ``int64`` tensors of indices into ``targets``.
 
     Raises:
         ValueError: if an argument is invalid (see :func:`check_partition_args`), ``targets`` is not a 1-D sequence
-            of non-negative integers, there are more clients than samples, or the shards do not divide the samples.
+            of non-negative integers, there are more clients than samples, more shards than samples, or 11
+            Dirichlet draws in a row leave a client empty.
 
     Example::
 
         >>> parts = partition_indices([0, 0, 0, 1, 1, 1], num_clients=3, seed=0)
         >>> [p.tolist() for p in parts]
         [[0, 4], [1, 3], [2, 5]]
+        >>> parts = partition_indices([0, 1, 0, 1, 0, 1, 0], num_clients=2, scheme="shards", shards_per_client=2)
+        >>> [p.tolist() for p in parts]  # 7 samples: clients of 3 and 4, in shards of 1 or 2
+        [[0, 1, 6], [2, 3, 4, 5]]
     """
-    check_partition_args(num_clients, scheme, alpha, shards_per_client)
+    check_partition_args(num_clients, scheme, alpha, shards_per_client, drop_remainder)
     labels = _check_targets(targets)
     n = len(labels)
     if num_clients > n:
@@ -136,7 +163,7 @@ def partition_indices(
         parts = _dirichlet(labels, num_clients, float(alpha), rng)
     else:
         assert shards_per_client is not None
-        parts = _shards(labels, num_clients, int(shards_per_client), rng)
+        parts = _shards(labels, num_clients, int(shards_per_client), drop_remainder, rng)
     return [torch.from_numpy(np.sort(p).astype(np.int64)) for p in parts]
 
 
@@ -165,44 +192,53 @@ def _iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list
 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+    # flwr-datasets 0.6.1 DirichletPartitioner._determine_partition_id_to_indices_if_needed, self_balancing=False:
+    # the only draws are one Dirichlet vector per class (then its shuffle of each partition, which moves nothing).
+    concentration = np.full(num_clients, alpha)
     for _ in range(1 + _DIRICHLET_REDRAWS):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
         for idx in _class_indices(labels):
-            proportions = rng.dirichlet(np.full(num_clients, alpha))
-            shuffled = rng.permutation(idx)
-            cuts = (np.cumsum(proportions) * len(shuffled)).astype(int)[:-1]
-            for i, split in enumerate(np.split(shuffled, cuts)):
+            proportions = rng.dirichlet(concentration)
+            cuts = (np.cumsum(proportions) * len(idx)).astype(int)[:-1]
+            for i, split in enumerate(np.split(idx, cuts)):
                 parts[i].append(split)
         clients = [np.concatenate(p) for p in parts]
         if min(len(c) for c in clients) > 0:
             return clients
-    for i in range(num_clients):
-        if len(clients[i]) == 0:
-            # More samples than clients, so the largest client has at least two while another is empty.
-            largest = int(np.argmax([len(c) for c in clients]))
-            donor = np.sort(clients[largest])
-            clients[largest], clients[i] = donor[:-1], donor[-1:]
-    return clients
+    raise ValueError(
+        f"Expected argument `alpha` to leave every client at least one sample, but alpha={alpha:g} left a client"
+        f" of num_clients={num_clients} empty in all {1 + _DIRICHLET_REDRAWS} draws (flwr-datasets'"
+        " DirichletPartitioner refuses it too with min_partition_size=1): use a larger `alpha`, fewer"
+        " `num_clients`, or another `seed`."
+    )
 
 
-def _shards(labels: np.ndarray, num_clients: int, shards_per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _shards(
+    labels: np.ndarray, num_clients: int, shards_per_client: int, drop_remainder: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
     n, num_shards = len(labels), num_clients * shards_per_client
-    if n % num_shards:
-        fits = [k for k in range(1, n // num_clients + 1) if n % (num_clients * k) == 0]
-        if fits:
-            hint = f"shards_per_client={min(fits, key=lambda k: (abs(k - shards_per_client), k))}"
-        else:
-            hint = f"num_clients={max(d for d in range(1, num_clients) if n % d == 0)}"
+    if num_shards > n:
         raise ValueError(
-            f"Expected `num_clients * shards_per_client` to divide the number of samples, but"
-            f" num_clients={num_clients} * shards_per_client={shards_per_client} = {num_shards} does not divide {n}"
-            f" (try {hint})."
+            f"Expected `num_clients * shards_per_client` to be at most the number of samples, {n}, so that every"
+            f" shard has one, but num_clients={num_clients} * shards_per_client={shards_per_client} = {num_shards}"
+            f" (try shards_per_client={n // num_clients})."
         )
-    shuffled = rng.permutation(n)  # before the stable sort, so that samples of one class are in random order
-    order = shuffled[np.argsort(labels[shuffled], kind="stable")]
-    shards = order.reshape(num_shards, n // num_shards)
+    order = np.argsort(labels, kind="stable")
+    if drop_remainder:  # flwr-datasets 0.6.1 ShardPartitioner, num_shards_per_partition given, shard_size not
+        size = n // num_shards
+        owners = rng.permutation(n // size)[:num_shards].reshape(num_clients, shards_per_client)
+        return [np.concatenate([order[s * size : (s + 1) * size] for s in owned]) for owned in owners]
     owners = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
-    return [shards[owned].reshape(-1) for owned in owners]
+    # Client sizes n // num_clients or one more (for random clients), each client's size split over its shards as
+    # evenly as integers allow: every sample used, shards and clients within one sample of each other.
+    client_sizes = np.full(num_clients, n // num_clients)
+    if n % num_clients:
+        client_sizes[rng.permutation(num_clients)[: n % num_clients]] += 1
+    shard_sizes = np.empty(num_shards, dtype=np.int64)
+    for owned, size in zip(owners, client_sizes, strict=True):
+        shard_sizes[owned] = size // shards_per_client + (np.arange(shards_per_client) < size % shards_per_client)
+    shards = np.split(order, np.cumsum(shard_sizes)[:-1])
+    return [np.concatenate([shards[s] for s in owned]) for owned in owners]
 
 
 @dataclass
@@ -217,6 +253,7 @@ class Partition:
         alpha: the Dirichlet concentration, or ``None``.
         shards_per_client: the shards per client, or ``None``.
         seed: the seed of the partition.
+        drop_remainder: whether the shards left out the samples that do not fill one.
 
     Example::
 
@@ -232,6 +269,7 @@ class Partition:
     alpha: float | None = None
     shards_per_client: int | None = None
     seed: int = 0
+    drop_remainder: bool = False
 
     @classmethod
     def from_targets(
@@ -243,13 +281,14 @@ class Partition:
         shards_per_client: int | None = None,
         seed: int = 0,
         num_classes: int | None = None,
+        drop_remainder: bool = False,
     ) -> Partition:
         """Partition ``targets`` with :func:`partition_indices`; ``num_classes`` defaults to the largest label + 1."""
-        indices = partition_indices(targets, num_clients, scheme, alpha, shards_per_client, seed)
+        indices = partition_indices(targets, num_clients, scheme, alpha, shards_per_client, seed, drop_remainder)
         labels = torch.as_tensor(targets, dtype=torch.long)
         if num_classes is None:
             num_classes = int(labels.max()) + 1
-        return cls(indices, labels, num_classes, scheme, alpha, shards_per_client, seed)
+        return cls(indices, labels, num_classes, scheme, alpha, shards_per_client, seed, drop_remainder)
 
     @property
     def num_clients(self) -> int:
@@ -260,6 +299,11 @@ class Partition:
     def sizes(self) -> list[int]:
         """Number of samples of each client."""
         return [len(idx) for idx in self.indices]
+
+    @property
+    def num_dropped(self) -> int:
+        """Number of samples no client has (those left over by ``drop_remainder=True``; else 0)."""
+        return len(self.targets) - sum(self.sizes)
 
     def histogram(self) -> Tensor:
         """Class counts per client, a ``LongTensor`` of shape ``(num_clients, num_classes)``."""
@@ -273,6 +317,8 @@ class Partition:
             "alpha": self.alpha,
             "shards_per_client": self.shards_per_client,
             "seed": self.seed,
+            "drop_remainder": self.drop_remainder,
+            "num_dropped": self.num_dropped,
             "num_clients": self.num_clients,
             "num_classes": self.num_classes,
             "sizes": self.sizes,
@@ -330,6 +376,8 @@ class Partition:
             setting = f", alpha={self.alpha:g}"
         elif self.scheme == "shards":
             setting = f", {self.shards_per_client} shards per client"
+            if self.num_dropped:
+                setting += f", {self.num_dropped} samples dropped"
         ax.set_title(
             f"{self.scheme}{setting}\n{sum(self.sizes)} samples, {self.num_clients} clients, {self.num_classes} classes"
         )

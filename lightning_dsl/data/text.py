@@ -3,11 +3,14 @@
 The tokenizer is Hugging Face's ``tokenizers`` WordPiece model: ``[PAD]`` is id 0, ``[UNK]`` id 1, ``[CLS]`` id 2,
 and ``[CLS]`` is prepended to every sequence. It is trained on the training split only and cached as JSON, so
 later runs (and the other splits) reuse it.
+
+The data module's pieces live beside it: the files are read by :mod:`~lightning_dsl.data.tables`, the tokenizer
+is :mod:`~lightning_dsl.data.tokenizer`, the dataset and batches :mod:`~lightning_dsl.data.tokens` (their names
+are importable from here too). This module keeps the data module and where its tokenizer is cached.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
 import json
@@ -15,23 +18,20 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
-from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
+from tokenizers import Tokenizer
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from lightning_dsl.core.sequence import MaskedSequence
 from lightning_dsl.data.buckets import BucketBatchSampler
-
-PAD, UNK, CLS = "[PAD]", "[UNK]", "[CLS]"
-SPECIAL_TOKENS = (PAD, UNK, CLS)  # in id order: [PAD] = 0, [UNK] = 1, [CLS] = 2
-DELIMITERS = {"\t": "tab", ",": "comma"}
+from lightning_dsl.data.tables import DELIMITERS, read_table
+from lightning_dsl.data.tokenizer import CLS, PAD, SPECIAL_TOKENS, UNK, build_tokenizer, load_tokenizer, save_tokenizer
+from lightning_dsl.data.tokens import TokenizedDataset, collate
 
 PRESETS: dict[str, dict[str, str]] = {
     "sst2": {
@@ -61,150 +61,6 @@ def _writable_dir(path: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def read_table(
-    path: Path, text_column: str, label_column: str, delimiter: str
-) -> tuple[list[str], list[int], list[int]]:
-    r"""Read the texts and integer labels of a delimited file with a header line.
-
-    Tab-separated files are read without quote handling (``csv.QUOTE_NONE``: SST-2's sentences contain quotes);
-    comma-separated files with the usual CSV quoting. Blank lines are skipped.
-
-    Args:
-        path: the file.
-        text_column: header name of the text column.
-        label_column: header name of the label column.
-        delimiter: ``"\t"`` or ``","``.
-
-    Returns:
-        The texts, the labels and the line number of each row in the file (the header is line 1).
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the file has no header or no data rows, a column is missing, a row has too few fields, or a
-            label is not an integer >= 0.
-    """
-    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    texts: list[str] = []
-    labels: list[int] = []
-    lines: list[int] = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        header = next((row for row in reader if row), None)
-        if header is None:
-            raise ValueError(f"{path} is empty: expected a header line and at least one data row.")
-        header = [name.strip() for name in header]
-        for name in (text_column, label_column):
-            if name not in header:
-                raise ValueError(
-                    f"{path}: column {name!r} not found; the header has the columns {header}"
-                    f" (read with the delimiter {DELIMITERS[delimiter]} {delimiter!r})."
-                )
-        i_text, i_label = header.index(text_column), header.index(label_column)
-        for row in reader:
-            if not row:
-                continue
-            if len(row) <= max(i_text, i_label):
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: expected {len(header)} fields ({header}), but the row has"
-                    f" {len(row)}: {row!r}."
-                )
-            value = row[i_label].strip()
-            try:
-                label = int(value)
-            except ValueError:
-                label = -1
-            if label < 0:
-                raise ValueError(
-                    f"{path}, line {reader.line_num}: expected an integer label >= 0 in column {label_column!r},"
-                    f" but got {value!r}."
-                )
-            texts.append(row[i_text])
-            labels.append(label)
-            lines.append(reader.line_num)
-    if not texts:
-        raise ValueError(f"{path} has no data rows: only the header line {header}.")
-    return texts, labels, lines
-
-
-def build_tokenizer(texts: Sequence[str], vocab_size: int, lowercase: bool = True) -> Tokenizer:
-    """Train a WordPiece tokenizer (BERT-style normalization and pre-tokenization) on ``texts``.
-
-    Args:
-        texts: the training texts.
-        vocab_size: the largest vocabulary, special tokens included (a small corpus may give fewer).
-        lowercase: lower-case (and strip accents from) the text before tokenizing.
-
-    Returns:
-        The tokenizer: ``[PAD]`` = 0, ``[UNK]`` = 1, ``[CLS]`` = 2, then the other tokens in sorted order (one
-        token, one id on every run; see ``tokenizer_file`` for the tokens themselves), with ``[CLS]`` prepended
-        by ``encode``.
-
-    Example::
-
-        >>> tok = build_tokenizer(["a good film", "a bad film"], vocab_size=100)
-        >>> tok.encode("a good day").tokens
-        ['[CLS]', 'a', 'good', '[UNK]']
-    """
-    tokenizer = Tokenizer(WordPiece(unk_token=UNK))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
-    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    # The trainer numbers the tokens in hash-map order, which differs from run to run: two processes (or two
-    # machines) training on the same texts would give the same token different ids. Number them in a fixed order.
-    vocab = tokenizer.get_vocab()
-    ordered = [*SPECIAL_TOKENS, *sorted(set(vocab) - set(SPECIAL_TOKENS))]
-    tokenizer.model = WordPiece({token: i for i, token in enumerate(ordered)}, unk_token=UNK)
-    ids = [tokenizer.token_to_id(t) for t in SPECIAL_TOKENS]
-    if ids != list(range(len(SPECIAL_TOKENS))):  # pragma: no cover - the trainer adds special tokens first
-        raise RuntimeError(f"Expected the special tokens {SPECIAL_TOKENS} to have ids 0, 1, 2, but got {ids}.")
-    tokenizer.post_processor = processors.TemplateProcessing(single=f"{CLS} $A", special_tokens=[(CLS, ids[2])])
-    return tokenizer
-
-
-class TokenizedDataset(Dataset):
-    """Token ids (already truncated) and labels, one ``(ids, label)`` pair per item."""
-
-    def __init__(self, ids: list[list[int]], labels: list[int]) -> None:
-        self.ids = ids
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[list[int], int]:
-        return self.ids[index], self.labels[index]
-
-
-def collate(batch: Sequence[tuple[list[int], int]], pad_id: int = 0) -> tuple[MaskedSequence, Tensor]:
-    """Pad a batch to its longest sequence.
-
-    Args:
-        batch: ``(ids, label)`` pairs.
-        pad_id: the id written after the end of the shorter sequences.
-
-    Returns:
-        ``(inputs, labels)``: the inputs a :class:`~lightning_dsl.core.sequence.MaskedSequence` of the token ids
-        (``values``, ``LongTensor [B, T]``) and the attention mask (``mask``, ``BoolTensor [B, T]``, True on real
-        tokens), ``T`` the length of the longest sequence in the batch; the labels a ``LongTensor [B]``.
-
-    Example::
-
-        >>> inputs, y = collate([([2, 7, 8], 1), ([2, 9], 0)])
-        >>> inputs.values.tolist(), inputs.mask.tolist(), y.tolist()
-        ([[2, 7, 8], [2, 9, 0]], [[True, True, True], [True, True, False]], [1, 0])
-    """
-    length = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.bool)
-    for row, (ids, _) in enumerate(batch):
-        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        mask[row, : len(ids)] = True
-    labels = torch.tensor([label for _, label in batch], dtype=torch.long)
-    return MaskedSequence(input_ids, mask), labels
 
 
 class TextDataModule(LightningDataModule):
@@ -397,17 +253,7 @@ class TextDataModule(LightningDataModule):
 
     # ------------------------------------------------------------------ tokenizer
     def _given_tokenizer(self, path: Path) -> Tokenizer:
-        if not path.is_file():
-            raise FileNotFoundError(f"Argument `tokenizer_file`: no file at {path.resolve()}.")
-        try:
-            tokenizer = Tokenizer.from_file(str(path))
-        except Exception as err:
-            raise ValueError(f"Argument `tokenizer_file`: {path} is not a `tokenizers` JSON file: {err}") from err
-        ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
-        if ids != list(range(len(SPECIAL_TOKENS))):
-            raise ValueError(
-                f"Argument `tokenizer_file`: {path} must give {list(SPECIAL_TOKENS)} the ids 0, 1, 2, but gives {ids}."
-            )
+        tokenizer = load_tokenizer(path)
         self.tokenizer_path, self.tokenizer_trained = path, False
         return tokenizer
 
@@ -441,15 +287,7 @@ class TextDataModule(LightningDataModule):
             return Tokenizer.from_file(str(path))
         tokenizer = build_tokenizer(texts, self.requested_vocab_size, self.lowercase)
         self.tokenizer_trained = True
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # write, then rename: safe with several ranks
-        os.close(fd)
-        try:
-            tokenizer.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        save_tokenizer(tokenizer, path)
         rank_zero_info(f"TextDataModule: trained a WordPiece tokenizer ({tokenizer.get_vocab_size()} tokens): {path}")
         return tokenizer
 
@@ -552,3 +390,19 @@ class TextDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """``trainer.predict`` runs on the test split (batches of ``(inputs, labels)``, in order)."""
         return self._loader(self.test_set, "test")
+
+
+__all__ = [
+    "CLS",
+    "DELIMITERS",
+    "PAD",
+    "PRESETS",
+    "SPECIAL_TOKENS",
+    "UNK",
+    "TextDataModule",
+    "TokenizedDataset",
+    "build_tokenizer",
+    "collate",
+    "read_table",
+    "user_cache_dir",
+]

@@ -55,8 +55,16 @@ class WireCut(Cut):
 
     @classmethod
     def replacing(cls, cut: Cut, is_server: bool, evaluator: bool = True) -> WireCut:
-        """A wire cut with ``cut``'s codecs and byte counts; its :attr:`transport` is set once the group exists."""
-        return cls(cut.codec, cut.grad_codec, cut.traffic, cut.client_traffic, is_server, evaluator)
+        """A wire cut with ``cut``'s codecs, byte counts and taps; :attr:`transport` is set once the group exists."""
+        return cls(
+            codec=cut.codec,
+            grad_codec=cut.grad_codec,
+            traffic=cut.traffic,
+            client_traffic=cut.client_traffic,
+            taps=cut.taps,
+            is_server=is_server,
+            evaluator=evaluator,
+        )
 
     def deliver(self, client: int, message: Message) -> None:
         """Server: a ``BATCH`` from ``client`` that was received already; the next :meth:`receive_up` takes it."""

@@ -24,23 +24,36 @@ raised as a :class:`TransportError` naming the peer by the next call that concer
 Counted per peer and direction (:attr:`Transport.sent`, :attr:`Transport.received`): every message
 and every byte put on the wire, split into the tensors' bytes (what
 :class:`~lightning_dsl.core.cut.Cut` counts) and the framing (header and meta).
+
+The sender thread is :class:`~lightning_dsl.distributed.sender.Sender`; names, errors, deadlines and
+counters are in :mod:`~lightning_dsl.distributed.peers` (importable from here too). This module keeps
+the :class:`Transport` and its listeners: receiving in client or arrival order, and closing.
 """
 
 from __future__ import annotations
 
-import datetime
+import functools
 import threading
-import time
 import warnings
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_dsl.distributed.link import LinkClock, LinkSpec
+from lightning_dsl.distributed.link import LinkSpec
+from lightning_dsl.distributed.peers import (
+    SERVER,
+    Deadline,
+    TransportError,
+    TransportTimeout,
+    WireCounter,
+    check_timeout,
+    peer_name,
+    process_group_timeout,
+    wait_all,
+)
+from lightning_dsl.distributed.sender import Sender
 from lightning_dsl.distributed.wire import (
     HEADER_LEN,
     Frame,
@@ -52,124 +65,6 @@ from lightning_dsl.distributed.wire import (
     encode,
     read_header,
 )
-
-SERVER = 0
-
-
-class TransportError(RuntimeError):
-    """Communication with a peer failed (it died, closed, or sent something unexpected)."""
-
-
-class TransportTimeout(TransportError, TimeoutError):
-    """A wait on a peer ran past its timeout."""
-
-
-def peer_name(rank: int) -> str:
-    """``"server (rank 0)"`` or ``"client i (rank i+1)"``: clients are numbered from 0, as in :class:`Cut`."""
-    return f"server (rank {rank})" if rank == SERVER else f"client {rank - 1} (rank {rank})"
-
-
-@dataclass
-class WireCounter:
-    """Messages and bytes that crossed one direction of one pair (cumulative)."""
-
-    messages: int = 0
-    payload_bytes: int = 0  #: the tensors' bytes
-    frame_bytes: int = 0  #: header and meta
-
-    @property
-    def bytes(self) -> int:
-        """Everything on the wire."""
-        return self.payload_bytes + self.frame_bytes
-
-    def add(self, frame: Frame) -> None:
-        """Count one frame."""
-        self.messages += 1
-        self.payload_bytes += frame.payload_nbytes
-        self.frame_bytes += frame.nbytes - frame.payload_nbytes
-
-
-@dataclass(frozen=True)
-class _Deadline:
-    seconds: float  # what the caller allowed, for error messages
-    at: float  # time.monotonic() by which the wait must end
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-
-class _Sender:
-    """The queue of messages to one peer, its window, its link clock and the thread that sends them."""
-
-    def __init__(self, transport: Transport, peer: int, link: LinkSpec | None) -> None:
-        self.transport, self.peer = transport, peer
-        self.clock = LinkClock(link) if link is not None else None
-        self.cond = threading.Condition()
-        self.queue: deque[tuple[Frame, float]] = deque()
-        self.stopping = False
-        self.in_flight = 0  # queued, or sent and not yet taken by the peer's application
-        self.error: BaseException | None = None
-        self.reported = False
-        self.thread = threading.Thread(target=self._run, name=f"dsl-send-{peer}", daemon=True)
-        self.thread.start()
-
-    def put(self, frame: Frame, deadline: _Deadline, what: str, window: bool = True) -> None:
-        with self.cond:
-            while window and self.in_flight >= self.transport.max_in_flight and self.error is None:
-                remaining = deadline.remaining()
-                if remaining <= 0:
-                    raise TransportTimeout(
-                        f"{self.transport.name} waited {deadline.seconds:.1f} s to send {what} to"
-                        f" {peer_name(self.peer)}: {self.in_flight} messages already in flight"
-                        f" (max_in_flight={self.transport.max_in_flight}) and none received by the peer since"
-                    )
-                self.cond.wait(remaining)
-            self.raise_error()
-            now = time.monotonic()
-            due = self.clock.schedule(frame.nbytes, now) if self.clock is not None else now
-            self.in_flight += 1
-            self.queue.append((frame, due))
-            self.cond.notify_all()
-
-    def stop(self) -> None:
-        """End the thread after what it is sending now, dropping the rest (the peer is gone)."""
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-
-    def raise_error(self) -> None:
-        if self.error is not None:
-            self.reported = True
-            raise TransportError(f"sending to {peer_name(self.peer)} failed: {self.error}") from self.error
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self.cond:
-                    while not self.queue and not self.stopping:
-                        self.cond.wait()
-                    if self.stopping:
-                        return
-                    frame, due = self.queue[0]
-                delay = due - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)  # the emulated link: the message arrives now
-                tensors = [frame.header, *([frame.meta] if frame.meta.numel() else []), *frame.body]
-                works = dist.batch_isend_irecv([dist.P2POp(dist.isend, t, self.peer) for t in tensors])
-                for work in works:
-                    work.wait()  # done when the peer has posted the matching receive
-                self.transport.count(self.transport.sent, self.peer, frame)
-                kind = int(frame.header[1])
-                with self.cond:
-                    self.queue.popleft()
-                    self.in_flight -= 1
-                    self.cond.notify_all()
-                if kind == Kind.CLOSE:
-                    return
-        except BaseException as err:  # noqa: BLE001 - kept and raised by the caller's next call
-            with self.cond:
-                self.error = err
-                self.cond.notify_all()
 
 
 class _Inbox:
@@ -222,7 +117,7 @@ class Transport:
     ) -> None:
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
             raise ValueError(f"Expected argument `max_in_flight` to be an integer >= 1, got {max_in_flight!r}.")
-        _check_timeout(timeout)
+        check_timeout(timeout)
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("Transport needs an initialized default process group (dist.init_process_group)")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
@@ -242,8 +137,12 @@ class Transport:
         self._closing = self._closed = False
         # A link is named by its client: the server sends on each client's downlink, a client on its uplink.
         self._senders = {
-            peer: _Sender(
-                self, peer, _link_for(downlink, peer - 1) if self.is_server else _link_for(uplink, self.rank - 1)
+            peer: Sender(
+                self.name,
+                peer,
+                _link_for(downlink, peer - 1) if self.is_server else _link_for(uplink, self.rank - 1),
+                max_in_flight,
+                functools.partial(self.count, self.sent, peer),
             )
             for peer in self.peers
         }
@@ -350,11 +249,11 @@ class Transport:
         try:
             while True:
                 header_tensor = torch.empty(HEADER_LEN, dtype=torch.int64, device=self.device)
-                _wait_all([dist.P2POp(dist.irecv, header_tensor, peer)])
+                wait_all([dist.P2POp(dist.irecv, header_tensor, peer)])
                 header = read_header(header_tensor)
                 meta = torch.empty(header.meta_nbytes, dtype=torch.uint8, device=self.device)
                 if header.meta_nbytes:
-                    _wait_all([dist.P2POp(dist.irecv, meta, peer)])
+                    wait_all([dist.P2POp(dist.irecv, meta, peer)])
                 if header.kind == Kind.CLOSE:
                     self.count(self.received, peer, Frame(header_tensor, meta, ()))
                     with self._cond:
@@ -370,7 +269,7 @@ class Transport:
                     keep = box.claimed
                 buffers = body_buffers(header, meta, self.device)
                 if buffers:
-                    _wait_all([dist.P2POp(dist.irecv, b, peer) for b in buffers])
+                    wait_all([dist.P2POp(dist.irecv, b, peer) for b in buffers])
                 message = decode(header_tensor, meta, buffers)
                 self.count(self.received, peer, Frame(header_tensor, meta, tuple(buffers)))
                 with self._cond:
@@ -437,7 +336,7 @@ class Transport:
                 f"{self.name} waited for {what} from {names}, but {'it has' if len(peers) == 1 else 'all have'} closed"
             )
 
-    def _wait(self, deadline: _Deadline, message: str) -> None:
+    def _wait(self, deadline: Deadline, message: str) -> None:
         remaining = deadline.remaining()
         if remaining <= 0:
             raise TransportTimeout(message)
@@ -445,9 +344,9 @@ class Transport:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def _deadline(self, timeout: float | None) -> _Deadline:
-        seconds = self.timeout if timeout is None else _check_timeout(timeout)
-        return _Deadline(seconds, time.monotonic() + seconds)
+    def _deadline(self, timeout: float | None) -> Deadline:
+        seconds = self.timeout if timeout is None else check_timeout(timeout)
+        return Deadline.after(seconds)
 
     def count(self, counters: dict[int, WireCounter], peer: int, frame: Frame) -> None:
         """Count a frame that crossed the wire to or from ``peer``."""
@@ -464,17 +363,6 @@ class Transport:
             raise TransportError(f"the transport of {self.name} is closed")
 
 
-def _wait_all(ops: list[dist.P2POp]) -> None:
-    for work in dist.batch_isend_irecv(ops):
-        work.wait()
-
-
-def _check_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"Expected argument `timeout` to be a positive number of seconds, got {timeout!r}.")
-    return float(timeout)
-
-
 def _link_for(link: LinkSpec | Mapping[int, LinkSpec] | None, client: int) -> LinkSpec | None:
     if link is None or isinstance(link, LinkSpec):
         return link
@@ -487,10 +375,12 @@ def _group_device() -> torch.device:
     return torch.device("cpu")
 
 
-def process_group_timeout(timeout: float) -> datetime.timedelta:
-    """The process group timeout to pair with a transport's ``timeout`` (at least 10 times longer).
-
-    The transport's threads wait as long as the process group allows (a gloo timeout closes the pair
-    for good); the transport's own deadlines, whose errors name the peer, should expire first.
-    """
-    return datetime.timedelta(seconds=max(10 * timeout, 300))
+__all__ = [
+    "SERVER",
+    "Transport",
+    "TransportError",
+    "TransportTimeout",
+    "WireCounter",
+    "peer_name",
+    "process_group_timeout",
+]

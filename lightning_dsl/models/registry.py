@@ -66,3 +66,19 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"Expected argument `name` to be one of {list_models()}, but got {name!r}.{hint}")
     return factory(**kwargs)
+
+
+def resolve_network(network: nn.Module | str, num_classes: int) -> nn.Module:
+    """The network itself, or the registered model of that name built for ``num_classes``.
+
+    Raises:
+        ValueError: naming argument `network` when the name is not registered.
+    """
+    if isinstance(network, nn.Module):
+        return network
+    if network not in list_models():
+        raise ValueError(
+            f"Expected argument `network` to be an nn.Module or a registered model name, one of"
+            f" {list_models()}, but got {network!r}."
+        )
+    return create_model(network, num_classes=num_classes)

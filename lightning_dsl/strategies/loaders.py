@@ -10,17 +10,35 @@ length is the clients' announced count (so Lightning's limits, the sanity check 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from lightning_dsl.core.cut import Arrival, Arrivals
-from lightning_dsl.distributed import SERVER, Kind, Message
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lightning_dsl.core.cut import Arrival, Arrivals, Cut
+from lightning_dsl.distributed import SERVER, Kind, Message, Transport
 from lightning_dsl.distributed.cut import WireCut
 
-if TYPE_CHECKING:
-    from lightning_dsl.strategies.split import SplitStrategy
+DATA_HOOKS = ("train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader")
 
 
-def announce(loader: Any, strategy: SplitStrategy) -> None:
+class SplitSide(Protocol):
+    """What the loaders read from the strategy of their process (a :class:`~lightning_dsl.strategies.SplitStrategy`)."""
+
+    @property
+    def lightning_module(self) -> Any: ...  # noqa: D102
+
+    @property
+    def cut(self) -> Cut: ...  # noqa: D102
+
+    @property
+    def num_clients(self) -> int: ...  # noqa: D102
+
+    transport: Transport | None
+    server_order: str
+
+
+def announce(loader: Any, strategy: SplitSide) -> None:
     """A client tells the server how many batches each pass over ``loader`` has (when it sends them at all)."""
     trainer = strategy.lightning_module.trainer  # type: ignore[union-attr]
     if trainer.training or strategy.cut.sends_evaluation:
@@ -41,7 +59,7 @@ class ServerLoader:
     Evaluation yields one :class:`Arrival` of the evaluating client per step.
     """
 
-    def __init__(self, strategy: SplitStrategy) -> None:
+    def __init__(self, strategy: SplitSide) -> None:
         self._strategy = strategy
         self._plan: tuple[bool, dict[int, int]] | None = None
 
@@ -94,3 +112,20 @@ class ServerLoader:
         cut.deliver(client, message)
         labels = message.payloads[1].shape if len(message.payloads) > 1 else (0,)
         return Arrival(client, reply=bool(message.step), samples=int(labels[0]) if len(labels) else 0)
+
+
+def without_data(trainer: Trainer, strategy: SplitSide) -> None:
+    """The server loads no dataset: its data module's data hooks are replaced, on this instance only.
+
+    ``prepare_data``, ``setup`` and ``teardown`` do nothing; each ``*_dataloader`` hook returns a
+    :class:`ServerLoader`.
+    """
+    datamodule = getattr(trainer, "datamodule", None)
+    if datamodule is None:
+        return
+    for hook in ("prepare_data", "setup", "teardown"):
+        if is_overridden(hook, datamodule):
+            setattr(datamodule, hook, lambda *args, **kwargs: None)
+    for hook in DATA_HOOKS:
+        if is_overridden(hook, datamodule):
+            setattr(datamodule, hook, lambda: ServerLoader(strategy))

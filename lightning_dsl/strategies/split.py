@@ -17,14 +17,20 @@ side of the cut:
 At start-up the processes check each other (:func:`~lightning_dsl.distributed.handshake`). A failure of
 a peer (dead, silent beyond ``timeout``) stops the process with an error naming the peer, after a
 checkpoint (``split-<role>-fault.ckpt``).
+
+The class reads in the order of its life, as Lightning's ``DDPStrategy`` does: who is who (ranks,
+devices, launcher), ``setup_environment`` -> ``setup_distributed`` -> ``setup``, the loaders, the
+collectives (none across the cut), the end, faults and ``teardown``. Its collaborators, one concept
+each: :mod:`~lightning_dsl.strategies.checks` (arguments, model and run shape, the shared run
+configuration), :mod:`~lightning_dsl.strategies.roles` (names from the launch environment),
+:mod:`~lightning_dsl.strategies.loaders` (what each side iterates) and :mod:`~lightning_dsl.strategies.endings`
+(its reports at the end, and a peer that fails).
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
-import time
 from typing import Any
 
 import torch
@@ -32,7 +38,6 @@ import torch.distributed as dist
 from lightning.pytorch import Trainer
 from lightning.pytorch.strategies import ParallelStrategy, StrategyRegistry
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch import Tensor
 from torchmetrics import Metric
@@ -40,7 +45,6 @@ from torchmetrics import Metric
 from lightning_dsl.distributed import (
     SERVER,
     Kind,
-    LinkSpec,
     Message,
     Transport,
     TransportError,
@@ -49,10 +53,20 @@ from lightning_dsl.distributed import (
 )
 from lightning_dsl.distributed.cut import WireCut
 from lightning_dsl.distributed.pool import RemoteClientPool
-from lightning_dsl.strategies.loaders import ServerLoader, announce
+from lightning_dsl.strategies.checks import (
+    SERVER_ORDERS,
+    check_arguments,
+    check_clients,
+    check_model,
+    check_world,
+    link,
+    run_config,
+)
+from lightning_dsl.strategies.endings import client_report, exit_after_error, save_fault_checkpoint, side_summary
+from lightning_dsl.strategies.loaders import ServerLoader, announce, without_data
+from lightning_dsl.strategies.roles import process_name, role_name, run_group
 
-SERVER_ORDERS = ("client", "arrival")
-_DATA_HOOKS = ("train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader")
+_check_clients = check_clients  # the name this module had for it
 
 
 class SplitStrategy(ParallelStrategy):
@@ -91,22 +105,10 @@ class SplitStrategy(ParallelStrategy):
         process_group_backend: str | None = None,
     ) -> None:
         super().__init__(accelerator, parallel_devices, cluster_environment, checkpoint_io, precision_plugin)
-        if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int) or max_in_flight < 1:
-            raise ValueError(f"Expected argument `max_in_flight` to be an int >= 1, but got {max_in_flight!r}.")
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"Expected argument `timeout` to be a number of seconds > 0, but got {timeout!r}.")
-        if server_order not in SERVER_ORDERS:
-            raise ValueError(
-                f"Expected argument `server_order` to be one of {list(SERVER_ORDERS)}, but got {server_order!r}."
-            )
-        if process_group_backend not in (None, "gloo", "nccl"):
-            raise ValueError(
-                "Expected argument `process_group_backend` to be 'gloo', 'nccl' or None, but got"
-                f" {process_group_backend!r}."
-            )
+        check_arguments(max_in_flight, timeout, server_order, process_group_backend)
         self.max_in_flight, self.timeout, self.server_order = max_in_flight, float(timeout), server_order
-        self.uplink = _link("uplink", uplink_mbps, uplink_latency_ms)
-        self.downlink = _link("downlink", downlink_mbps, downlink_latency_ms)
+        self.uplink = link("uplink", uplink_mbps, uplink_latency_ms)
+        self.downlink = link("downlink", downlink_mbps, downlink_latency_ms)
         self._process_group_backend = process_group_backend
         self._num_nodes = 1
         self.transport: Transport | None = None
@@ -139,7 +141,7 @@ class SplitStrategy(ParallelStrategy):
     @property
     def run_name(self) -> str:
         """``server`` or ``client<i>``: the role in loggers' names and files."""
-        return "server" if self.client_index is None else f"client{self.client_index}"
+        return role_name(self.split_rank)
 
     @property
     def local_rank(self) -> int:
@@ -212,20 +214,11 @@ class SplitStrategy(ParallelStrategy):
         barrier without timeout when a group exists, which the server (it prepares no data) would not meet.
         """
         super().setup_environment()
-        model = self.lightning_module
-        from lightning_dsl.module import DecoupledSplitModule
-
-        if not isinstance(model, DecoupledSplitModule):
-            raise ValueError(
-                f"strategy='split' trains a DecoupledSplitModule, but the model is a {type(model).__name__}."
-            )
-        if self.num_clients < 1:
-            raise ValueError(
-                "strategy='split' needs a server and at least one client: start 2 or more processes"
-                " (Trainer(devices=N + 1) or torchrun --nproc-per-node=N + 1), got WORLD_SIZE=1."
-            )
+        model: Any = self.lightning_module
+        check_model(model)
+        check_world(self.num_clients)
         trainer = model.trainer
-        _check_clients(model, trainer, self.num_clients)
+        check_clients(model, trainer, self.num_clients)
         for module in model.modules():  # torchmetrics would all-gather across the group: each side computes its own
             if isinstance(module, Metric):
                 module.sync_on_compute = False
@@ -233,7 +226,7 @@ class SplitStrategy(ParallelStrategy):
         model.cut = WireCut.replacing(model.cut, self.role == "server", evaluator=self.split_rank in (SERVER, 1))
         model.clients = RemoteClientPool(self.num_clients, model.aggregate_every, self.role == "server")
         if self.role == "server":
-            _without_data(trainer)
+            without_data(trainer, self)
 
     def setup_distributed(self) -> None:
         """Join the process group from the environment (``RANK``, ``WORLD_SIZE``, ``MASTER_*``); make the transport."""
@@ -314,35 +307,23 @@ class SplitStrategy(ParallelStrategy):
     def _report(self) -> dict[str, Any]:
         model = self.lightning_module
         assert model is not None and self.transport is not None
-        metrics = {
-            k: float(v)
-            for k, v in model.trainer.callback_metrics.items()
-            if not isinstance(v, Tensor) or v.numel() == 1
-        }
-        return {"run": self.run_name, "metrics": metrics, **self.summary(merge=False)}
+        return client_report(self.run_name, model.trainer.callback_metrics, self.summary(merge=False))
 
     def summary(self, merge: bool = True) -> dict[str, Any]:
         """This process's part of the run summary (``RunSummary`` adds it); the server's has its clients' reports."""
         if self.transport is None:
             return dict(self._summary)
-        sent, received = self.transport.sent.values(), self.transport.received.values()
-        summary: dict[str, Any] = {
-            "split/role": self.run_name,
-            "split/rank": self.split_rank,
-            "split/num_clients": self.num_clients,
-            "split/max_in_flight": self.max_in_flight,
-            "split/server_order": self.server_order,
-            "split/uplink": None if self.uplink is None else str(self.uplink),
-            "split/downlink": None if self.downlink is None else str(self.downlink),
-            "split/wire_bytes_sent": sum(c.bytes for c in sent),
-            "split/wire_payload_bytes_sent": sum(c.payload_bytes for c in sent),
-            "split/wire_bytes_received": sum(c.bytes for c in received),
-            "split/wire_payload_bytes_received": sum(c.payload_bytes for c in received),
-            "split/cut_bytes_up": self.cut.traffic.bytes_up,
-            "split/cut_bytes_down": self.cut.traffic.bytes_down,
-            "split/cut_sync_bytes_up": self.cut.traffic.sync_bytes_up,
-            "split/cut_sync_bytes_down": self.cut.traffic.sync_bytes_down,
-        }
+        summary = side_summary(
+            self.transport,
+            self.cut,
+            run_name=self.run_name,
+            split_rank=self.split_rank,
+            num_clients=self.num_clients,
+            max_in_flight=self.max_in_flight,
+            server_order=self.server_order,
+            uplink=self.uplink,
+            downlink=self.downlink,
+        )
         if merge and self.client_reports:
             summary["split/clients"] = self.client_reports
         self._summary = summary
@@ -360,17 +341,10 @@ class SplitStrategy(ParallelStrategy):
         if not isinstance(exception, TransportError):
             return
         model = self.lightning_module
-        trainer = model.trainer if model is not None and model._trainer is not None else None
-        if trainer is not None and trainer.state.fn == "fit":
-            path = os.path.join(_checkpoint_dir(trainer), f"split-{self.run_name}-fault.ckpt")
-            try:
-                trainer.save_checkpoint(path)
-                print(f"[{self.run_name}] saved a checkpoint of this side to {path}", file=sys.stderr)
-            except Exception as err:  # noqa: BLE001 (the original error matters more)
-                print(f"[{self.run_name}] could not save a fault checkpoint: {err}", file=sys.stderr)
-        # A peer that vanished leaves a thread blocked in gloo; the interpreter's normal exit would then
-        # abort. Leave with status 1 once Python has shown the error (atexit runs after the traceback).
-        atexit.register(_exit_now, 1)
+        save_fault_checkpoint(
+            model.trainer if model is not None and model._trainer is not None else None, self.run_name
+        )
+        exit_after_error(1)
 
     def teardown(self) -> None:
         """Close the transport (bounded by ``timeout``) and leave the process group.
@@ -396,134 +370,6 @@ class SplitStrategy(ParallelStrategy):
         strategy_registry.register(
             cls.strategy_name, cls, description="Split learning: server (rank 0) and clients in separate processes"
         )
-
-
-def process_name(devices: Any = None) -> str:
-    """``server`` or ``client<i>`` for this process of a split run, from the launch environment.
-
-    torchrun sets ``RANK``; the processes the Trainer starts itself (``devices=N + 1``) have ``LOCAL_RANK``
-    and ``NODE_RANK`` (the first has neither: it is the server, or node ``NODE_RANK``'s first process).
-    """
-    if "RANK" in os.environ:
-        rank = int(os.environ["RANK"])
-    else:
-        per_node = int(devices) if isinstance(devices, int) or str(devices).isdigit() else 1
-        rank = int(os.environ.get("NODE_RANK", 0)) * per_node + int(os.environ.get("LOCAL_RANK", 0))
-    return "server" if rank == SERVER else f"client{rank - 1}"
-
-
-def run_group() -> str:
-    """An id shared by every process of one split run (W&B's ``group``).
-
-    torchrun's ``TORCHELASTIC_RUN_ID``, else one made by the first process and inherited by the
-    processes it starts (``LIGHTNING_DSL_RUN_GROUP``).
-    """
-    group = os.environ.get("LIGHTNING_DSL_RUN_GROUP") or os.environ.get("TORCHELASTIC_RUN_ID")
-    if not group or group == "none":
-        group = f"split-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    os.environ["LIGHTNING_DSL_RUN_GROUP"] = group
-    return group
-
-
-def run_config(model: Any, trainer: Trainer, strategy: SplitStrategy) -> dict[str, Any]:
-    """What every process of a split run must agree on (checked at start-up, mismatches named with both values)."""
-
-    def count(module: Any) -> int:
-        return sum(p.numel() for p in module.parameters())
-
-    network = model.hparams.get("network")
-    return {
-        "network": network if isinstance(network, str) else type(model.client).__name__,
-        "client_parameters": count(model.client),
-        "server_parameters": count(model.server),
-        "split_index": model.split_index,
-        "mode": model.mode,
-        "codec": model.cut.codec.name,
-        "grad_codec": model.cut.grad_codec.name,
-        "num_classes": model.num_classes,
-        "feedback_weight": model.feedback_weight,
-        "feedback_every": model.feedback_every,
-        "aggregate_every": model.aggregate_every,
-        "accumulate_grad_batches": model.accumulate_grad_batches,
-        "num_clients": strategy.num_clients,
-        "server_order": strategy.server_order,
-        "max_epochs": trainer.max_epochs,
-        "max_steps": trainer.max_steps,
-        "limit_train_batches": trainer.limit_train_batches,
-        "limit_val_batches": trainer.limit_val_batches,
-        "num_sanity_val_steps": trainer.num_sanity_val_steps,
-        "val_check_interval": trainer.val_check_interval,
-        "check_val_every_n_epoch": trainer.check_val_every_n_epoch,
-    }
-
-
-def _check_clients(model: Any, trainer: Trainer, num_clients: int) -> None:
-    """The module's and the data module's ``num_clients`` are 1 (one per process) or the run's count."""
-    datamodule = getattr(trainer, "datamodule", None)
-    for owner, value in (("model", model.num_clients), ("data", getattr(datamodule, "num_clients", 1))):
-        if value not in (1, num_clients):
-            raise ValueError(
-                f"Argument `num_clients`={value} of the {owner} does not match the processes: strategy='split' runs"
-                f" WORLD_SIZE - 1 = {num_clients} clients. Set num_clients to {num_clients} (or leave it at 1), or"
-                f" start {value + 1} processes."
-            )
-    if model.client_schedule != "parallel":
-        raise ValueError(
-            f"Argument `client_schedule`={model.client_schedule!r} is not supported with strategy='split' (clients in"
-            " separate processes train in parallel): use client_schedule='parallel'."
-        )
-    if num_clients > 1:
-        # With several clients a process's steps differ from side to side (a client steps its optimizer once per own
-        # batch, the server once per client batch, and the clients' epochs have their own lengths): a count of steps
-        # or a fraction of an epoch would stop or validate the sides at different places.
-        if trainer.max_steps != -1:
-            raise ValueError(
-                f"Trainer argument `max_steps`={trainer.max_steps} is not supported with strategy='split' and"
-                f" {num_clients} clients (each side counts its own optimizer steps): use `max_epochs` and"
-                " `limit_train_batches` (batches per client and epoch)."
-            )
-        if trainer.val_check_interval != 1.0:
-            raise ValueError(
-                f"Trainer argument `val_check_interval`={trainer.val_check_interval!r} is not supported with"
-                f" strategy='split' and {num_clients} clients (the clients' epochs have different lengths): use"
-                " val_check_interval=1.0 and `check_val_every_n_epoch`."
-            )
-
-
-def _without_data(trainer: Trainer) -> None:
-    """The server loads no dataset: its data module's data hooks are replaced, on this instance only."""
-    datamodule = getattr(trainer, "datamodule", None)
-    if datamodule is None:
-        return
-    for hook in ("prepare_data", "setup", "teardown"):
-        if is_overridden(hook, datamodule):
-            setattr(datamodule, hook, lambda *args, **kwargs: None)
-    strategy = trainer.strategy
-    assert isinstance(strategy, SplitStrategy)
-    for hook in _DATA_HOOKS:
-        if is_overridden(hook, datamodule):
-            setattr(datamodule, hook, lambda: ServerLoader(strategy))
-
-
-def _checkpoint_dir(trainer: Trainer) -> str:
-    callback = trainer.checkpoint_callback
-    dirpath = getattr(callback, "dirpath", None)
-    return str(dirpath) if dirpath else str(trainer.default_root_dir)
-
-
-def _link(name: str, mbps: float | None, latency_ms: float) -> LinkSpec | None:
-    if mbps is None and not latency_ms:
-        return None
-    try:
-        return LinkSpec(bandwidth_mbps=mbps, latency_ms=latency_ms)
-    except ValueError as err:
-        raise ValueError(f"Bad emulated {name} (arguments `{name}_mbps`, `{name}_latency_ms`): {err}") from err
-
-
-def _exit_now(code: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
 
 
 SplitStrategy.register_strategies(StrategyRegistry)

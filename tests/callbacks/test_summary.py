@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lightning_dsl.callbacks import CommunicationMonitor, PeakMemoryMonitor, RunSummary, SplitThroughputMonitor
+from lightning_dsl.callbacks.summary import table_lines
 
 from .conftest import BATCH, TRAIN_BATCHES, VAL_BATCHES
 
@@ -173,3 +174,69 @@ def test_figures_in_the_wandb_run_summary(
     assert run_summary["summary/val/acc"] == summary.summary["val/acc"]
     assert run_summary["summary/mode"] == "dsl"
     assert summary.path == tmp_path / "summary.json"  # a W&B logger first: its save_dir
+
+
+# ---------------------------------------------------------------------------------------- many clients
+CLIENTS = 100
+
+
+def client_figures() -> dict[str, Any]:
+    """100 clients' figures as the callbacks name them: accuracy (i * 37 % 100) / 100, a permutation of 0 .. 0.99."""
+    figures: dict[str, Any] = {}
+    for i in range(CLIENTS):
+        figures[f"val/aux_acc/client{i}"] = (i * 37 % 100) / 100
+        figures[f"comm/client{i}/total_bytes_up"] = 1024 * (i + 1)  # 1 KiB .. 100 KiB
+        figures[f"comm/client{i}/sync_bytes_up"] = 4096
+    return figures
+
+
+class ManyClients(Callback):
+    def summary(self) -> dict[str, Any]:
+        return client_figures()
+
+
+def test_many_clients_print_one_row_per_figure() -> None:
+    run = {"mode": "dsl", "val/acc": 0.5, "comm/total_bytes_up": 2048, "history": [{"epoch": 0.0}]}
+    # Accuracy: mean 0.495, std over the clients 0.01 * sqrt((100**2 - 1) / 12) = 0.2887, 0.0 on client 0 and 0.99
+    # on 27; bytes: 1 .. 100 KiB, mean 50.5 KiB, std 1024 * 28.866 bytes = 28.9 KiB. The three worst and best
+    # accuracies: 0.00, 0.01, 0.02 on clients 0, 73, 46; 0.99, 0.98, 0.97 on 27, 54, 81. No row per client.
+    assert table_lines({**run, **client_figures()}) == [
+        "",
+        "Run summary",
+        "-" * 39,
+        "mode                 dsl",
+        "val/acc              0.5",
+        "comm/total_bytes_up  2.0 KiB",
+        "",
+        "Clients (100; every client's figures are in summary.json)",
+        "figure                       clients      mean       std  min (client)    max (client)",
+        "val/aux_acc/client*              100     0.495    0.2887         0 (0)       0.99 (27)",
+        "comm/client*/total_bytes_up      100  50.5 KiB  28.9 KiB   1.0 KiB (0)  100.0 KiB (99)",
+        "comm/client*/sync_bytes_up       100   4.0 KiB       0 B   4.0 KiB (0)     4.0 KiB (0)",
+        "val/aux_acc/client*  worst: client 0 0, client 73 0.01, client 46 0.02;"
+        " best: client 27 0.99, client 54 0.98, client 81 0.97",
+    ]
+
+
+def test_a_loss_worst_is_the_highest_and_ties_go_to_the_lower_client() -> None:
+    losses = {f"val/loss/client{i}": float(i) for i in range(4)}
+    assert table_lines(losses)[-1] == "val/loss/client*  worst: client 3 3, client 2 2; best: client 0 0, client 1 1"
+    ties = {f"val/aux_acc/client{i}": 0.1 for i in range(6)}
+    assert table_lines(ties)[-1] == (
+        "val/aux_acc/client*  worst: client 0 0.1, client 1 0.1, client 2 0.1; best: client 0 0.1, client 1 0.1,"
+        " client 2 0.1"
+    )
+
+
+def test_many_clients_keep_every_figure_in_the_json(
+    make_module: Any, make_trainer: Any, loaders: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO):
+        make_trainer([ManyClients(), RunSummary()]).fit(make_module(), *loaders())
+    written = read(tmp_path / "summary.json")
+    assert client_figures().items() <= written.items()  # all 300 per-client figures, as given
+    printed = caplog.text[caplog.text.index("Run summary") :]
+    assert "client57" not in printed and "Clients (100;" in printed
+    run_rows = [k for k, v in written.items() if not re.search(r"client\d", k) and v is not None and k != "history"]
+    # Title and rule, the run's rows, a blank line and the clients' title, a header, 3 figures, 1 worst/best line.
+    assert len(printed.strip().splitlines()) == 2 + len(run_rows) + 2 + 1 + 3 + 1

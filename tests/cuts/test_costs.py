@@ -67,6 +67,30 @@ def test_saved_activations_equal_real_steps_at_every_cut(network: str, codec: st
             assert measured_step(units, plan.index, mode, codec, x, y) == want, (plan.index, mode)
 
 
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8"])
+def test_bytes_equal_a_real_steps_traffic_at_every_cut(codec: str) -> None:
+    """What ``benchmarks/cut_costs.py`` reports as bytes per batch: the planner's, equal to a real step's cut."""
+    torch.manual_seed(0)
+    units = cut_units(create_model("small_cnn", num_classes=10).train())
+    x, y = torch.randn(4, *NETWORKS["small_cnn"]), torch.randint(0, 10, (4,))
+    plans = plan_cuts(units, x, y, linear_head, codec=get_codec(codec), grad_codec=get_codec(codec))
+    for plan in plans:
+        client, server = nn.Sequential(*units[: plan.index]), nn.Sequential(*units[plan.index :])
+        with torch.no_grad():
+            head = linear_head(client(x))
+        for mode in ("sl", "dsl"):
+            cut = Cut(codec, codec)
+            split_step(
+                client, server, head, x, y,
+                cut=cut,
+                client_optimizer=torch.optim.SGD([*client.parameters(), *head.parameters()], lr=0.0),
+                server_optimizer=torch.optim.SGD(server.parameters(), lr=0.0),
+                feedback_weight=None if mode == "dsl" else 1.0,
+            )  # fmt: skip
+            assert cut.traffic.bytes_up == plan.bytes_up * 4, (plan.index, mode)
+            assert cut.traffic.bytes_down == (plan.bytes_down * 4 if mode == "sl" else 0), (plan.index, mode)
+
+
 @pytest.mark.parametrize("codec", ["none", "int8"])
 def test_a_transformer_on_padded_sequences(codec: str) -> None:
     """Every cut of the text transformer: saved bytes equal real steps, and the mask is in the bytes up."""

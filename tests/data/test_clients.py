@@ -176,13 +176,35 @@ def test_bad_partition_arguments_fail_at_construction(kwargs: dict[str, Any], ma
     ("kwargs", "match"),
     [
         ({"num_clients": 1258}, r"`num_clients` to be at most the number of samples, 1257.*got 1258"),
-        ({"num_clients": 10, "partition": "shards", "shards_per_client": 2}, r"= 20 does not divide 1257 \(try"),
+        ({"num_clients": 10, "partition": "shards", "shards_per_client": 126}, r"= 1260 \(try shards_per_client=125\)"),
     ],
 )
 def test_partitions_that_do_not_fit_the_data_fail_at_setup(kwargs: dict[str, Any], match: str) -> None:
     dm = DigitsDataModule(**kwargs)  # the number of training images is only known after setup
     with pytest.raises(ValueError, match=match):
         dm.setup()
+
+
+@pytest.mark.parametrize("num_clients", [3, 10])
+def test_shards_that_do_not_divide_the_images_use_them_all(num_clients: int) -> None:
+    # 1,257 training images: neither 3 x 2 nor 10 x 2 shards divide them (both were refused before).
+    dm = DigitsDataModule(num_clients=num_clients, partition="shards", shards_per_client=2)
+    dm.setup()
+    assert dm.partition is not None
+    sizes = dm.partition.sizes
+    assert sum(sizes) == 1257 and max(sizes) - min(sizes) <= 1 and dm.partition.num_dropped == 0
+    dropped = DigitsDataModule(num_clients=num_clients, partition="shards", shards_per_client=2, drop_remainder=True)
+    dropped.setup()
+    assert dropped.partition is not None
+    shard = 1257 // (num_clients * 2)
+    assert dropped.partition.sizes == [2 * shard] * num_clients
+    assert dropped.partition.num_dropped == 1257 - num_clients * 2 * shard
+    assert dropped.hparams["drop_remainder"] is True
+
+
+def test_drop_remainder_only_with_shards() -> None:
+    with pytest.raises(ValueError, match=r"`drop_remainder` to be False with scheme='dirichlet'"):
+        DigitsDataModule(num_clients=2, partition="dirichlet", alpha=0.5, drop_remainder=True)
 
 
 class CountingModule(LightningModule):

@@ -102,14 +102,14 @@ def test_dirichlet_small_alpha_is_far_more_skewed() -> None:
 )
 def test_dirichlet_matches_the_flwr_definition(targets: torch.Tensor, num_clients: int, alpha: float) -> None:
     # flwr-datasets' DirichletPartitioner (self_balancing=False): per class in increasing order, proportions
-    # p ~ Dir(alpha), the class's indices split at (cumsum(p) * n_c).astype(int)[:-1]. Here the indices of a class
-    # are shuffled right after its proportions are drawn, all from one numpy Generator seeded with `seed`.
+    # p ~ Dir(alpha) from one numpy Generator seeded with `seed`, the class's indices in data set order split at
+    # (cumsum(p) * n_c).astype(int)[:-1]. Nothing else is drawn before the assignment.
     labels, seed = targets.numpy(), 7
     rng = np.random.default_rng(seed)
     expected: list[list[int]] = [[] for _ in range(num_clients)]
     for c in range(10):
         proportions = rng.dirichlet([alpha] * num_clients)
-        idx = rng.permutation(np.nonzero(labels == c)[0])
+        idx = np.nonzero(labels == c)[0]
         for client, split in enumerate(np.split(idx, (np.cumsum(proportions) * len(idx)).astype(int)[:-1])):
             expected[client] += split.tolist()
     assert min(len(e) for e in expected) > 0  # the first draw is kept: no redraw
@@ -117,15 +117,35 @@ def test_dirichlet_matches_the_flwr_definition(targets: torch.Tensor, num_client
     assert [p.tolist() for p in parts] == [sorted(e) for e in expected]
 
 
-@pytest.mark.parametrize(("num_samples", "num_clients"), [(12, 10), (10, 10), (30, 20), (100, 50)])
-def test_dirichlet_never_leaves_a_client_empty(num_samples: int, num_clients: int) -> None:
-    targets = torch.arange(num_samples) % 3
-    for seed in range(10):
-        parts = partition_indices(targets, num_clients, "dirichlet", alpha=0.01, seed=seed)
-        assert min(len(p) for p in parts) >= 1
-        assert torch.equal(torch.cat(parts).sort().values, torch.arange(num_samples))
-    if num_samples == num_clients:
-        assert [len(p) for p in parts] == [1] * num_clients
+def dirichlet_draws(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[list[list[int]]]:
+    """Successive draws of the flwr definition from one generator, as flwr redraws for `min_partition_size`."""
+    rng, draws = np.random.default_rng(seed), []
+    for _ in range(11):
+        parts: list[list[int]] = [[] for _ in range(num_clients)]
+        for c in np.unique(labels):
+            idx = np.nonzero(labels == c)[0]
+            cuts = (np.cumsum(rng.dirichlet([alpha] * num_clients)) * len(idx)).astype(int)[:-1]
+            for client, split in enumerate(np.split(idx, cuts)):
+                parts[client] += split.tolist()
+        draws.append([sorted(p) for p in parts])
+    return draws
+
+
+def test_dirichlet_draws_again_while_a_client_is_empty() -> None:
+    # 100 samples of 3 classes over 8 clients at alpha=0.2: seed 5 leaves a client empty in its first two draws.
+    labels = (torch.arange(100) % 3).numpy()
+    draws = dirichlet_draws(labels, 8, 0.2, seed=5)
+    first_full = next(i for i, d in enumerate(draws) if min(map(len, d)) > 0)
+    assert first_full == 2
+    parts = partition_indices(labels.tolist(), 8, "dirichlet", alpha=0.2, seed=5)
+    assert [p.tolist() for p in parts] == draws[first_full]
+
+
+@pytest.mark.parametrize(("num_samples", "num_clients"), [(12, 10), (10, 10), (100, 50)])
+def test_dirichlet_refuses_an_alpha_that_keeps_a_client_empty(num_samples: int, num_clients: int) -> None:
+    targets = torch.arange(num_samples) % 3  # 3 classes, alpha=0.01: each class goes to about one client
+    with pytest.raises(ValueError, match=rf"alpha=0.01 left a client of num_clients={num_clients} empty in all 11"):
+        partition_indices(targets, num_clients, "dirichlet", alpha=0.01, seed=0)
 
 
 def shard_label_counts(targets: torch.Tensor, num_shards: int) -> list[tuple[int, ...]]:
@@ -163,12 +183,61 @@ def test_shards_of_synthetic_data_give_at_most_two_classes_per_client() -> None:
     assert largest_class_share(SYNTHETIC, parts) >= 0.5
 
 
-def test_shards_shuffle_ties_by_seed() -> None:
-    targets = torch.zeros(40, dtype=torch.long)  # one class: only the seeded shuffle decides the shards
-    first = partition_indices(targets, 2, "shards", shards_per_client=2, seed=0)
-    second = partition_indices(targets, 2, "shards", shards_per_client=2, seed=1)
-    assert first[0].tolist() not in (list(range(20)), list(range(20, 40)))
-    assert first[0].tolist() != second[0].tolist()
+def test_shards_keep_the_data_order_within_a_class_and_deal_them_by_seed() -> None:
+    targets = torch.zeros(40, dtype=torch.long)  # one class: shards are runs of 10 in data set order
+    runs = [list(range(s, s + 10)) for s in range(0, 40, 10)]
+    dealt = set()
+    for seed in range(4):
+        parts = [p.tolist() for p in partition_indices(targets, 2, "shards", shards_per_client=2, seed=seed)]
+        for part in parts:
+            assert sorted(part) == sorted(runs[part[0] // 10] + runs[part[-1] // 10])
+        dealt.add(tuple(parts[0]))
+    assert len(dealt) > 1
+
+
+@pytest.mark.parametrize(("num_clients", "shards_per_client"), [(10, 2), (3, 2), (7, 5), (100, 2), (1257, 1)])
+def test_shards_use_every_sample_in_near_equal_clients(num_clients: int, shards_per_client: int) -> None:
+    # 1,257 samples (the digits' training split) divide by neither 10 x 2 nor 3 x 2 nor 7 x 5 nor 100 x 2.
+    targets = DIGITS[:1257]
+    parts = partition_indices(targets, num_clients, "shards", shards_per_client=shards_per_client, seed=0)
+    sizes = [len(p) for p in parts]
+    assert torch.equal(torch.cat(parts).sort().values, torch.arange(1257))
+    assert max(sizes) - min(sizes) <= 1 and sum(sizes) == 1257
+    # Each client's samples are `shards_per_client` runs of the label-sorted order, the runs within one of each other.
+    rank = torch.empty(1257, dtype=torch.long)
+    rank[torch.from_numpy(np.argsort(targets.numpy(), kind="stable"))] = torch.arange(1257)
+    shard_sizes = []
+    for part in parts:
+        ranks = rank[part].sort().values
+        breaks = (torch.nonzero(ranks.diff() != 1).flatten() + 1).tolist()
+        runs = [len(r) for r in torch.tensor_split(ranks, breaks)]
+        assert len(runs) <= shards_per_client
+        if len(runs) == shards_per_client:
+            shard_sizes += runs
+    assert not shard_sizes or max(shard_sizes) - min(shard_sizes) <= 1  # adjacent shards of a client merge
+
+
+def test_shards_give_the_extra_samples_to_random_clients() -> None:
+    kwargs: dict[str, Any] = {"scheme": "shards", "shards_per_client": 2}
+    larger = {tuple(len(p) for p in partition_indices(DIGITS[:1257], 10, seed=s, **kwargs)) for s in range(5)}
+    assert all(sorted(sizes) == [125] * 3 + [126] * 7 for sizes in larger) and len(larger) > 1
+
+
+@pytest.mark.parametrize(("num_clients", "shards_per_client"), [(10, 2), (3, 2), (7, 5)])
+def test_shards_drop_remainder_gives_equal_shards(num_clients: int, shards_per_client: int) -> None:
+    targets = DIGITS[:1257]
+    part = Partition.from_targets(targets, num_clients, "shards", None, shards_per_client, 0, 10, drop_remainder=True)
+    size = 1257 // (num_clients * shards_per_client)
+    assert part.sizes == [size * shards_per_client] * num_clients
+    assert part.num_dropped == 1257 - num_clients * shards_per_client * size
+    assert len(torch.cat(part.indices).unique()) == sum(part.sizes)
+
+
+def test_shards_that_divide_the_data_are_the_same_either_way() -> None:
+    kwargs: dict[str, Any] = {"scheme": "shards", "shards_per_client": 2, "seed": 5}
+    dropped = partition_indices(SYNTHETIC, 10, drop_remainder=True, **kwargs)
+    kept = partition_indices(SYNTHETIC, 10, **kwargs)
+    assert [p.tolist() for p in dropped] == [p.tolist() for p in kept]
 
 
 @pytest.mark.parametrize(
@@ -191,12 +260,14 @@ def test_shards_shuffle_ties_by_seed() -> None:
             r"`shards_per_client` to be None with scheme='dirichlet'",
         ),
         (
-            {"num_clients": 10, "scheme": "shards", "shards_per_client": 3},
-            r"num_clients=10 \* shards_per_client=3 = 30 does not divide 1000 \(try shards_per_client=2\)",
+            {"num_clients": 10, "scheme": "shards", "shards_per_client": 101},
+            r"`num_clients \* shards_per_client` to be at most the number of samples, 1000, so that every shard has"
+            r" one, but num_clients=10 \* shards_per_client=101 = 1010 \(try shards_per_client=100\)",
         ),
+        ({"drop_remainder": True}, r"`drop_remainder` to be False with scheme='iid'.*only used with scheme='shards'"),
         (
-            {"num_clients": 3, "scheme": "shards", "shards_per_client": 2},
-            r"= 6 does not divide 1000 \(try num_clients=2\)",
+            {"scheme": "shards", "shards_per_client": 2, "drop_remainder": "yes"},
+            r"`drop_remainder` to be True or False, but got 'yes'",
         ),
         ({"targets": SYNTHETIC.reshape(10, 100)}, r"`targets` to be a 1-D sequence of integer class labels.*2-D"),
         ({"targets": SYNTHETIC.float()}, r"`targets` to be a 1-D sequence of integer class labels.*float32"),
@@ -236,6 +307,8 @@ def test_partition_describes_its_clients(partition: Partition) -> None:
         "alpha": 0.5,
         "shards_per_client": None,
         "seed": 4,
+        "drop_remainder": False,
+        "num_dropped": 0,
         "num_clients": 6,
         "num_classes": 10,
         "sizes": partition.sizes,

@@ -32,6 +32,9 @@ from torch import fx, nn
 
 from lightning_dsl.core.cut_tensors import pack_cut
 
+NAME = "lightning_dsl_name"
+"""The key of a node's ``meta`` that holds its point name (as ``get_graph_node_names`` gives it)."""
+
 OTHER_WAYS = (
     "Other ways to cut it: pass an `nn.Sequential` of its layers, or give the network a `cut_units()` method"
     " that returns its units in order (see docs/user_guide.md, 'Networks that can be cut')."
@@ -53,6 +56,11 @@ class TracedNetwork:
     graph_module: fx.GraphModule
     node_names: dict[fx.Node, str]
     points: dict[str, int]
+
+    @property
+    def network_name(self) -> str:
+        """The class name of the network (of the one the halves were cut from, after :func:`rejoin`)."""
+        return str(self.graph_module.meta.get("network", type(self.network).__name__))
 
     @property
     def nodes(self) -> list[fx.Node]:
@@ -105,52 +113,150 @@ def trace_network(network: nn.Module) -> TracedNetwork:
             f" {len(inputs)} inputs without defaults ({[n.name for n in inputs]}), and a client half takes one. "
             + OTHER_WAYS
         )
+    for node, name in names.items():
+        node.meta[NAME] = name  # copied with the node into each half, so the halves can be rejoined
     graph_module = fx.GraphModule(network, graph, class_name=type(network).__name__)
     return TracedNetwork(network, graph_module, names, _points(network, list(graph.nodes), names))
 
 
 def cut_graph(traced: TracedNetwork, point: str) -> tuple[fx.GraphModule, fx.GraphModule]:
     """The client and server halves of ``traced`` cut after ``point`` (a key of :attr:`TracedNetwork.points`)."""
+    client, server = cut_segments(traced, [point])
+    return client, server
+
+
+def cut_segments(traced: TracedNetwork, points: list[str]) -> list[fx.GraphModule]:
+    """``traced`` cut after each of ``points`` (in the graph's order): ``len(points) + 1`` modules in a chain.
+
+    The first takes the network's input; each returns what the rest of the graph needs of what was computed so
+    far (one tensor, or :class:`~lightning_dsl.core.cut_tensors.CutTensors`, the point's output first), which
+    the next one takes. With one point: the client and the server halves.
+    """
     nodes = traced.nodes
-    position = traced.points[point]
     index = {node: i for i, node in enumerate(nodes)}
-    main = nodes[position]
-    crossing = [main] + [
-        node
-        for node in nodes[: position + 1]
-        if node is not main and node.op != "get_attr" and any(index[user] > position for user in node.users)
-    ]
-    # Each tensor by the name the point list gives its position (the outermost module that ends there), the
-    # point's own output by the name it was cut at.
+    positions = [traced.points[point] for point in points]
+    if positions != sorted(set(positions)):
+        raise ValueError(f"Expected points in the graph's order, each at its own position, got {points}.")
     listed = {traced.points[name]: name for name in traced.point_names()}
-    names = (point, *(listed.get(index[node], traced.node_names.get(node, node.name)) for node in crossing[1:]))
-
-    client_graph = fx.Graph()
-    env: dict[fx.Node, fx.Node] = {}
-    for node in nodes[: position + 1]:
-        if node.op != "get_attr":
-            env[node] = client_graph.node_copy(node, _mapper(client_graph, env))
-    client_graph.output(client_graph.call_function(pack_cut, (tuple(env[n] for n in crossing), names, point)))
-
-    server_graph = fx.Graph()
-    env = {}
-    received = server_graph.placeholder("cut")
-    for i, node in enumerate(crossing):
-        env[node] = received if len(crossing) == 1 else server_graph.call_function(operator.getitem, (received, i))
-    for node in nodes[position + 1 :]:
-        if node.op != "get_attr":
-            env[node] = server_graph.node_copy(node, _mapper(server_graph, env))
-    root = traced.graph_module
-    for graph in (client_graph, server_graph):
+    segments = []
+    received: list[fx.Node] = []  # what the segment being built takes, in order
+    start = 0
+    for point, position in [*zip(points, positions, strict=True), (None, len(nodes) - 1)]:
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        if received:
+            cut = graph.placeholder("cut")
+            for i, node in enumerate(received):
+                env[node] = cut if len(received) == 1 else graph.call_function(operator.getitem, (cut, i))
+        for node in nodes[start : position + 1]:
+            if node.op != "get_attr" and (node.op != "output" or point is None):
+                env[node] = graph.node_copy(node, _mapper(graph, env))
+        if point is not None:
+            main = nodes[position]
+            crossing = [main] + [
+                node
+                for node in nodes[: position + 1]
+                if node is not main and node.op != "get_attr" and any(index[user] > position for user in node.users)
+            ]
+            # Each tensor by the name the point list gives its position (the outermost module that ends there),
+            # the point's own output by the name it was cut at.
+            names = (point, *(listed.get(index[n], traced.node_names.get(n, n.name)) for n in crossing[1:]))
+            graph.output(graph.call_function(pack_cut, (tuple(env[n] for n in crossing), names, point)))
+            received = crossing
         graph._tracer_cls = HalfTracer  # how a pickled half is traced again when it is loaded
-    return (
-        fx.GraphModule(root, client_graph, class_name="ClientHalf"),
-        fx.GraphModule(root, server_graph, class_name="ServerHalf"),
-    )
+        segments.append(graph)
+        start = position + 1
+    root = traced.graph_module
+    if len(segments) == 2:
+        modules = [fx.GraphModule(root, segments[0], "ClientHalf"), fx.GraphModule(root, segments[1], "ServerHalf")]
+    else:
+        modules = [fx.GraphModule(root, graph, f"Segment{i}") for i, graph in enumerate(segments)]
+    for module in modules:
+        module.meta["network"] = traced.network_name  # what the network was, for the planner's table
+    return modules
+
+
+def is_graph_half(module: nn.Module) -> bool:
+    """Whether ``module`` is a half (or a segment) made by :func:`cut_segments`."""
+    return isinstance(module, fx.GraphModule) and "network" in module.meta
+
+
+def rejoin(client: fx.GraphModule, server: fx.GraphModule) -> TracedNetwork:
+    """The traced network that two halves of :func:`cut_graph` were cut from (its points named as before)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    crossing: list[fx.Node] = []
+    for node in client.graph.nodes:
+        if node.op == "output":
+            (packed,) = node.args
+            crossing = [env[n] for n in packed.args[0]]
+        elif not (node.op == "call_function" and node.target is pack_cut):
+            env[node] = graph.node_copy(node, env.__getitem__)
+    for node in server.graph.nodes:
+        if node.op == "placeholder":
+            env[node] = crossing[0]
+        elif node.op == "call_function" and node.target is operator.getitem and node.args[0].op == "placeholder":
+            env[node] = crossing[node.args[1]]
+        else:
+            env[node] = graph.node_copy(node, env.__getitem__)
+    root: dict[str, Any] = {}
+    for half in (client, server):
+        for node in half.graph.nodes:
+            if node.op in ("call_module", "get_attr"):
+                root[str(node.target)] = _attribute(half, str(node.target))
+    network = fx.GraphModule(root, graph, "Rejoined")
+    network.meta["network"] = client.meta.get("network", "network")
+    names = {node: node.meta[NAME] for node in graph.nodes if NAME in node.meta}
+    return TracedNetwork(network, network, names, _points(network, list(graph.nodes), names))
+
+
+def tensor_points(traced: TracedNetwork, example_input: Any) -> list[str]:
+    """The points of ``traced`` (as :meth:`TracedNetwork.point_names` lists them) where only tensors would cross.
+
+    Runs the graph once on ``example_input`` in evaluation mode, without gradients, to see which values are
+    tensors: a cut that would send a shape, a number or a tuple to the server is left out.
+    """
+    module = traced.graph_module
+    was_training = [m.training for m in module.modules()]
+    is_tensor: dict[fx.Node, bool] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            out = super().run_node(n)
+            is_tensor[n] = isinstance(out, torch.Tensor)
+            return out
+
+    module.eval()
+    try:
+        with torch.no_grad():
+            Recorder(module).run(example_input)
+    finally:
+        for m, training in zip(module.modules(), was_training, strict=True):
+            m.training = training
+    nodes = traced.nodes
+    index = {node: i for i, node in enumerate(nodes)}
+    last = max(traced.points.values(), default=-1)
+    kept = []
+    for name in traced.point_names():
+        position = traced.points[name]
+        crossing = [
+            node
+            for node in nodes[: position + 1]
+            if node.op != "get_attr" and (node is nodes[position] or any(index[u] > position for u in node.users))
+        ]
+        if position != last and all(is_tensor.get(node, False) for node in crossing):
+            kept.append(name)
+    return kept
+
+
+def _attribute(module: nn.Module, target: str) -> Any:
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
 
 
 class HalfTracer(fx.Tracer):
-    """The tracer that rebuilds a pickled half from its code: :func:`pack_cut` and torchvision's ops stay calls."""
+    """The tracer that rebuilds a pickled segment from its code: :func:`pack_cut` and torchvision's ops stay calls."""
 
     def __init__(self) -> None:
         import torchvision

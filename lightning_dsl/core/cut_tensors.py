@@ -29,8 +29,8 @@ class CutTensors:
         tensors: the tensors, ``tensors[0]`` the output of the module the cut is named after.
         names: a name per tensor (the graph node it is the value of), for messages; may be empty.
 
-    Lightning moves it to the device like a tensor (``to``), and its ``shape`` is the main tensor's,
-    so code that asks an activation for its batch size works unchanged.
+    Lightning moves it to the device like a tensor (``to``), and its ``shape``, ``device`` and ``dtype``
+    are the main tensor's, so code that asks an activation for its batch size or device works unchanged.
 
     Example::
 
@@ -57,6 +57,16 @@ class CutTensors:
     def shape(self) -> torch.Size:
         """The shape of :attr:`main`."""
         return self.main.shape
+
+    @property
+    def device(self) -> torch.device:
+        """The device of :attr:`main`."""
+        return self.main.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of :attr:`main`."""
+        return self.main.dtype
 
     def __len__(self) -> int:
         return len(self.tensors)

@@ -9,8 +9,9 @@ two together through the network, across the cut and into the auxiliary head:
 
 At the cut only ``values`` is differentiable and goes through the codec; the mask crosses exact
 (as ``bool``, one byte per position) and is counted with the rest (:class:`~lightning_dsl.core.cut.Cut`).
-The training step, the cut and the heads take either a plain tensor or a ``MaskedSequence``
-(:data:`Activation`), through the few helpers below.
+The training step, the cut and the heads take a plain tensor, a ``MaskedSequence`` or several
+tensors (:class:`~lightning_dsl.core.cut_tensors.CutTensors`, a cut inside a skip connection), together
+:data:`Activation`, through the few helpers below.
 """
 
 from __future__ import annotations

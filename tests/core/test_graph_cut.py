@@ -398,3 +398,25 @@ def test_a_chain_keeps_its_own_meaning_for_names_and_integers() -> None:
     assert len(by_name.client) == 1
     with pytest.raises(ValueError, match=r"to be an integer \(this network names no cuts\) in \[1, 2\], but got 'x'"):
         split_network(chain, "x")
+
+
+class Scaled(nn.Module):
+    """Its forward reads a Python number, which the trace freezes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.scale = 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.a(x) * self.scale)
+
+
+def test_halves_that_part_from_the_forward_are_refused_naming_the_point() -> None:
+    net = Scaled()
+    halves = split_network(net, "a")
+    check_split_matches(net, halves, torch.randn(2, 4))
+    net.scale = 2.0  # the traced halves still multiply by 1.0
+    with pytest.raises(ValueError, match=r"Cannot cut `Scaled` at 'a' .*\(largest difference"):
+        check_split_matches(net, halves, torch.randn(2, 4))
+    assert net.training and halves.client.training  # the modes are restored

@@ -141,6 +141,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"\nby name / chain: median {ratio:.3f} (range {min(ratios):.3f}-{max(ratios):.3f} over {len(ratios)}"
         f" repeats): {verdict} the target of {TARGET}"
     )
+    skip = [
+        a / b for a, b in zip(times["by name (layer2.0.conv1, skip crosses)"], times["chain (layer2)"], strict=True)
+    ]
+    print(
+        f"by name at layer2.0.conv1 (the block's input crosses too) / chain at layer2: median {statistics.median(skip):.3f}"
+        " (the same traced graph with more bytes at the cut: a reading of the machine's noise)"
+    )
     figures = {
         "hardware": hardware(torch.device("cpu")),
         "times": times,

@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         a / b for a, b in zip(times["by name (layer2.0.conv1, skip crosses)"], times["chain (layer2)"], strict=True)
     ]
     print(
-        f"by name at layer2.0.conv1 (the block's input crosses too) / chain at layer2: median {statistics.median(skip):.3f}"
-        " (the same traced graph with more bytes at the cut: a reading of the machine's noise)"
+        "by name at layer2.0.conv1 (the block's input crosses too) / chain at layer2: median"
+        f" {statistics.median(skip):.3f} (the same traced graph with more bytes at the cut: a reading of the noise)"
     )
     figures = {
         "hardware": hardware(torch.device("cpu")),

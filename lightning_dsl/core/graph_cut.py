@@ -90,14 +90,15 @@ def trace_network(network: nn.Module) -> TracedNetwork:
         ValueError: when ``torch.fx`` cannot trace it (naming the first call it cannot trace and the other
             ways in), when its forward takes more than one input, or when its graph depends on the mode.
     """
-    was_training = network.training
+    modes = [m.training for m in network.modules()]  # each module's own: a frozen BatchNorm stays in eval
     try:
         graphs = []
         for mode in (True, False):
             network.train(mode)
             graphs.append(_trace(network))
     finally:
-        network.train(was_training)
+        for module, training in zip(network.modules(), modes, strict=True):
+            module.training = training
     (graph, names), (eval_graph, _) = graphs
     signature = [(n.op, str(n.target)) for n in graph.nodes]
     if signature != [(n.op, str(n.target)) for n in eval_graph.nodes]:

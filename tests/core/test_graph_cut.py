@@ -420,3 +420,10 @@ def test_halves_that_part_from_the_forward_are_refused_naming_the_point() -> Non
     with pytest.raises(ValueError, match=r"Cannot cut `Scaled` at 'a' .*\(largest difference"):
         check_split_matches(net, halves, torch.randn(2, 4))
     assert net.training and halves.client.training  # the modes are restored
+
+
+def test_tracing_leaves_each_modules_mode_as_it_was() -> None:
+    net = unet().train()
+    net.down1[1].eval()  # a frozen BatchNorm
+    split_network(net, "down2")
+    assert net.training and not net.down1[1].training and net.down2.training

@@ -26,7 +26,7 @@ from lightning_dsl.core.accumulation import Window, accumulation_window
 from lightning_dsl.core.clients import client_batches, shard_sizes
 from lightning_dsl.core.cut import Arrival, Arrivals
 from lightning_dsl.core.peek import batch_inputs
-from lightning_dsl.core.sequence import Activation
+from lightning_dsl.core.sequence import Activation, head_input
 from lightning_dsl.core.step import StepOutput, split_step
 
 
@@ -129,7 +129,7 @@ def evaluate_batch(module: Any, batch: Sequence[Tensor] | Arrival, stage: str) -
         inputs, labels = batch[0], batch[1]
         module.config.check_labels(labels)
         z = module.client(inputs)
-        aux_logits = module.aux_head(z)
+        aux_logits = module.aux_head(head_input(z))
         aux_acc(aux_logits, labels)
         module.log(f"{stage}/aux_loss", module.criterion(aux_logits, labels))
         module.log(f"{stage}/aux_acc", aux_acc, prog_bar=stage == "val")
@@ -141,7 +141,7 @@ def evaluate_batch(module: Any, batch: Sequence[Tensor] | Arrival, stage: str) -
             for index, metric in enumerate(metrics):
                 assert isinstance(metric, MulticlassAccuracy)
                 client, aux_head = module.client_pair(index)
-                metric(aux_head(client(inputs)), labels)
+                metric(aux_head(head_input(client(inputs))), labels)
                 module.log(f"{stage}/aux_acc/client{index}", metric)
     if "server" in module.cut.sides:
         logits = module.server(z_up)
@@ -167,5 +167,5 @@ def predict_batch(module: Any, batch: Any) -> Tensor | dict[str, Tensor]:
     no_labels = torch.empty(0, dtype=torch.long, device=z.device)  # the server needs none to predict
     logits = module.server(module.cut.send_up(z, no_labels)[0])
     if module.predict_aux_logits:
-        return {"logits": logits, "aux_logits": module.aux_head(z)}
+        return {"logits": logits, "aux_logits": module.aux_head(head_input(z))}
     return logits

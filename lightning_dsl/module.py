@@ -198,6 +198,10 @@ class DecoupledSplitModule(LightningModule):
         network = self.build_network() if network is None else resolve_network(network, num_classes)
         self.cut_names = named_cuts(network)  # {"shallow": 19, ...}: what `lightning-dsl cuts` marks
         halves = split_network(network, split_index)
+        # The whole network (in a tuple: not a second registration of its modules) and its halves, to check at
+        # `_build_aux_head` that the halves chained compute the network's own forward.
+        self._split = halves
+        self._unsplit: tuple[nn.Module, ...] = (network,)
         self.client, self.server = halves.client, halves.server
         self.split_index, self.num_units = halves.split_index, halves.num_units
 
@@ -234,6 +238,9 @@ class DecoupledSplitModule(LightningModule):
 
     def _build_aux_head(self, input_shape: Sequence[int]) -> None:
         """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
+        if self._unsplit:
+            assembly.check_halves(self._unsplit[0], self._split, input_shape)
+            self._unsplit = ()  # checked once; the halves own the network's modules from here on
         z = assembly.probe_cut_activation(self.client, self.split_index, input_shape)
         assembly.check_cut_codecs(self.cut, values_of(z).dtype, self.mode)
         head = self.head_options.build(z, self.num_classes)

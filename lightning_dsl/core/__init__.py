@@ -11,8 +11,19 @@ from lightning_dsl.core.codecs import (
     get_codec,
 )
 from lightning_dsl.core.cut import Cut, CutTap, Parcel, Traffic
+from lightning_dsl.core.cut_tensors import CutTensors
 from lightning_dsl.core.heads import build_aux_head, check_aux_head
-from lightning_dsl.core.split import Cuttable, SplitNetwork, cut_units, named_cuts, resolve_split_index, split_network
+from lightning_dsl.core.split import (
+    Cuttable,
+    SplitNetwork,
+    check_nothing_shared,
+    check_split_matches,
+    cut_units,
+    graph_points,
+    named_cuts,
+    resolve_split_index,
+    split_network,
+)
 from lightning_dsl.core.step import StepOutput, scale_grad, split_step
 
 __all__ = [
@@ -20,6 +31,7 @@ __all__ = [
     "Codec",
     "Cut",
     "CutTap",
+    "CutTensors",
     "Cuttable",
     "IdentityCodec",
     "Int8Codec",
@@ -32,8 +44,11 @@ __all__ = [
     "build_aux_head",
     "check_aux_head",
     "check_codec_dtype",
+    "check_nothing_shared",
+    "check_split_matches",
     "cut_units",
     "get_codec",
+    "graph_points",
     "named_cuts",
     "resolve_split_index",
     "scale_grad",

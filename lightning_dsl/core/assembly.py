@@ -19,6 +19,7 @@ from lightning_dsl.core.codecs import Codec, check_codec_dtype
 from lightning_dsl.core.cut import Cut
 from lightning_dsl.core.heads import HEAD_OPTIONS, HEADS, build_aux_head, check_aux_head
 from lightning_dsl.core.sequence import Activation, MaskedSequence, example_inputs, values_of
+from lightning_dsl.core.split import SplitNetwork, check_split_matches
 
 
 @dataclass(frozen=True)
@@ -60,16 +61,27 @@ class HeadOptions:
         return head.to(values.device)
 
 
-@torch.no_grad()
-def probe_cut_activation(client: nn.Sequential, split_index: int, input_shape: Sequence[int]) -> Activation:
-    """Run the client half on a dummy batch of 2 in eval mode: no BatchNorm statistic moves."""
+def example_batch(client: nn.Sequential, input_shape: Sequence[int]) -> Activation:
+    """A dummy batch of 2 inputs of ``input_shape`` on the client's device, in its dtype (token ids for text)."""
     parameter = next(client.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
+    return example_inputs(client[0], input_shape, 2, device, dtype)
+
+
+@torch.no_grad()
+def check_halves(network: nn.Module, halves: SplitNetwork, input_shape: Sequence[int]) -> None:
+    """Refuse halves that, chained, differ from ``network``'s own forward on a dummy batch (eval mode)."""
+    check_split_matches(network, halves, example_batch(halves.client, input_shape))
+
+
+@torch.no_grad()
+def probe_cut_activation(client: nn.Sequential, split_index: int, input_shape: Sequence[int]) -> Activation:
+    """Run the client half on a dummy batch of 2 in eval mode: no BatchNorm statistic moves."""
     was_training = client.training
     client.eval()
     try:
-        return client(example_inputs(client[0], input_shape, 2, device, dtype))
+        return client(example_batch(client, input_shape))
     except Exception as err:
         raise ValueError(
             f"The client (units [0, {split_index}) of the network) cannot run on inputs of shape"

@@ -32,7 +32,11 @@ from dataclasses import dataclass, field, fields
 from torch import Tensor
 
 from lightning_dsl.core.codecs import Codec, Payload, get_codec
+from lightning_dsl.core.cut_tensors import CutTensors
 from lightning_dsl.core.sequence import Activation, MaskedSequence, values_of
+
+Gradient = Tensor | tuple[Tensor, ...]
+"""The gradient at the cut: one tensor, or one per floating-point tensor of :class:`CutTensors`."""
 
 
 @dataclass
@@ -121,7 +125,7 @@ class CutTap:
         ``reply``: the client waits for this batch's gradient (sl, hybrid's feedback batches).
         """
 
-    def sending_down(self, gradient: Tensor, client: int = 0) -> Tensor:
+    def sending_down(self, gradient: Gradient, client: int = 0) -> Gradient:
         """The gradient the server is about to send ``client``; return what is sent instead (same shape)."""
         return gradient
 
@@ -134,7 +138,8 @@ class Parcel:
     """One crossing of the cut: what a message between the two sides carries.
 
     Args:
-        kind: ``"batch"`` (activations and labels, up), ``"gradient"`` (down), ``"state_up"`` or
+        kind: ``"batch"`` (activations and labels, up; with several tensors at the cut, ``keys`` names them
+            and the labels), ``"gradient"`` (down), ``"state_up"`` or
             ``"state_down"`` (a model's state dict, with ``keys``).
         payloads: the encoded tensors.
         keys: a name per payload (a state dict's keys), or empty.
@@ -204,25 +209,43 @@ class Cut:
         """Client to server: the cut activations (detached from the client's graph) and the labels.
 
         A :class:`~lightning_dsl.core.sequence.MaskedSequence` sends its values through the codec and its
-        padding mask exact (``bool``), counted with the rest. ``reply``: the client will wait for this batch's
-        gradient (:meth:`receive_down`). Returns what the server receives.
+        padding mask exact (``bool``), counted with the rest. :class:`~lightning_dsl.core.cut_tensors.CutTensors`
+        (a cut inside a skip connection) sends each tensor as its own payload, named in the parcel's ``keys``:
+        the floating-point ones through the codec, the others exact. ``reply``: the client will wait for this
+        batch's gradient (:meth:`receive_down`). Returns what the server receives.
         """
         assert isinstance(self.codec, Codec)
-        payloads = [self.codec.encode(values_of(activations).detach())]
-        if isinstance(activations, MaskedSequence):
-            payloads.append(_exact(activations.mask))
+        keys: tuple[str, ...] = ()
+        if isinstance(activations, CutTensors):
+            payloads = [self._encoded(t.detach()) for t in activations]
+            keys = (*_tensor_names(activations), "labels")
+        else:
+            payloads = [self.codec.encode(values_of(activations).detach())]
+            if isinstance(activations, MaskedSequence):
+                payloads.append(_exact(activations.mask))
         payloads.append(_exact(labels))
-        parcel = self.transmit(Parcel("batch", tuple(payloads), reply=reply), client)
+        parcel = self.transmit(Parcel("batch", tuple(payloads), keys, reply=reply), client)
         return self._arrived_up(parcel, client)
 
     def receive_up(self, client: int = 0) -> tuple[Activation, Tensor]:
         """Server of a client in another process: the activations and labels that client sent up."""
         return self._arrived_up(self.transmit(Parcel("batch"), client), client)
 
+    def _encoded(self, tensor: Tensor) -> Payload:
+        """One of several tensors: a floating-point one through the codec, any other exact."""
+        assert isinstance(self.codec, Codec)
+        return self.codec.encode(tensor) if tensor.is_floating_point() else _exact(tensor)
+
     def _arrived_up(self, parcel: Parcel, client: int) -> tuple[Activation, Tensor]:
         assert isinstance(self.codec, Codec)
         self._count(client, bytes_up=parcel.nbytes, messages_up=1)
-        payload, *mask, label_payload = parcel.payloads  # a sequence's mask sits between values and labels
+        *activation_payloads, label_payload = parcel.payloads
+        if parcel.keys:  # several tensors, named: each decoded by the rule it was encoded by
+            tensors = tuple(
+                self.codec.decode(p) if p.dtype.is_floating_point else p.tensors[0] for p in activation_payloads
+            )
+            return CutTensors(tensors, parcel.keys[:-1]), label_payload.tensors[0]
+        payload, *mask = activation_payloads  # a sequence's mask sits between values and labels
         values = self.codec.decode(payload)
         activations = MaskedSequence(values, mask[0].tensors[0]) if mask else values
         return activations, label_payload.tensors[0]
@@ -237,33 +260,37 @@ class Cut:
             tap.arrived(activations, labels, client, reply)
 
     # ------------------------------------------------------------------ down: the gradient at the cut
-    def send_down(self, gradient: Tensor, client: int = 0) -> Tensor:
+    def send_down(self, gradient: Gradient, client: int = 0) -> Gradient:
         """Server to client: the gradient of the server loss with respect to the cut activations.
 
-        Each of :attr:`taps` may replace it first (:meth:`CutTap.sending_down`); what it returns is encoded,
-        counted and sent.
+        With several tensors at the cut, a tuple: the gradient of each floating-point tensor, in order, each
+        through the gradient codec. Each of :attr:`taps` may replace it first (:meth:`CutTap.sending_down`,
+        which returns the same structure and shapes); what it returns is encoded, counted and sent.
         """
         assert isinstance(self.grad_codec, Codec)
         for tap in self.taps:
             replaced = tap.sending_down(gradient, client)
-            if replaced.shape != gradient.shape:
+            given = (gradient,) if isinstance(gradient, Tensor) else tuple(gradient)
+            got = (replaced,) if isinstance(replaced, Tensor) else tuple(replaced)
+            if [tuple(g.shape) for g in got] != [tuple(g.shape) for g in given]:
                 raise ValueError(
                     f"Expected {type(tap).__name__}.sending_down to return a gradient of the shape it was given,"
-                    f" {tuple(gradient.shape)}, but got {tuple(replaced.shape)}."
+                    f" {[tuple(g.shape) for g in given]}, but got {[tuple(g.shape) for g in got]}."
                 )
             gradient = replaced
-        return self._arrived_down(
-            self.transmit(Parcel("gradient", (self.grad_codec.encode(gradient),)), client), client
-        )
+        gradients = (gradient,) if isinstance(gradient, Tensor) else gradient
+        payloads = tuple(self.grad_codec.encode(g) for g in gradients)
+        return self._arrived_down(self.transmit(Parcel("gradient", payloads), client), client)
 
-    def receive_down(self, client: int = 0) -> Tensor:
+    def receive_down(self, client: int = 0) -> Gradient:
         """Client of a server in another process: the gradient the server sent down for the last batch."""
         return self._arrived_down(self.transmit(Parcel("gradient"), client), client)
 
-    def _arrived_down(self, parcel: Parcel, client: int) -> Tensor:
+    def _arrived_down(self, parcel: Parcel, client: int) -> Gradient:
         assert isinstance(self.grad_codec, Codec)
         self._count(client, bytes_down=parcel.nbytes, messages_down=1)
-        return self.grad_codec.decode(parcel.payloads[0])
+        gradients = tuple(self.grad_codec.decode(p) for p in parcel.payloads)
+        return gradients[0] if len(gradients) == 1 else gradients
 
     # ------------------------------------------------------------------ models handed over (sync traffic)
     def send_state_up(self, state: Mapping[str, Tensor], client: int = 0, weight: int = 0) -> dict[str, Tensor]:
@@ -310,6 +337,11 @@ class Cut:
 def _exact(tensor: Tensor) -> Payload:
     """A tensor that crosses as it is (labels, a padding mask, a state's entry): no codec."""
     return Payload((tensor.detach(),), tensor.dtype, tensor.shape)
+
+
+def _tensor_names(activations: CutTensors) -> tuple[str, ...]:
+    """A key per tensor: the names it carries, else its position (a key names each payload of the parcel)."""
+    return activations.names or tuple(f"cut{i}" for i in range(len(activations)))
 
 
 def _state_parcel(kind: str, state: Mapping[str, Tensor], weight: int = 0) -> Parcel:

@@ -14,6 +14,9 @@ When the cut activation is a sequence with its padding mask
 ``"linear"`` and ``"mlp"`` pool by the mean over each sequence's real tokens (:class:`MaskedMeanPool`)
 instead of the average pool; ``"conv"`` does not apply.
 
+With several tensors at the cut (:class:`~lightning_dsl.core.cut_tensors.CutTensors`, a cut inside a
+skip connection), a head takes the named module's output alone (:func:`~lightning_dsl.core.sequence.head_input`).
+
 A user's own ``nn.Module`` is used as it is, after a check that it accepts ``z`` and returns
 ``(N, num_classes)`` logits.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_dsl.core.sequence import Activation, MaskedSequence, masked_mean
+from lightning_dsl.core.sequence import Activation, MaskedSequence, head_input, masked_mean
 
 HEADS = ("linear", "mlp", "conv")
 HEAD_OPTIONS = ("pool", "hidden")
@@ -54,6 +57,17 @@ class MaskedMeanPool(nn.Module):
 
     def forward(self, z: MaskedSequence) -> Tensor:  # noqa: D102
         return masked_mean(z.values, z.mask)
+
+
+class AuxHead(nn.Sequential):
+    """A built-in head: its layers in order, on the cut activation (the named module's output of several tensors).
+
+    An ``nn.Sequential`` (its parameter names are those of one), that takes
+    :class:`~lightning_dsl.core.cut_tensors.CutTensors` as well and reads only their main tensor.
+    """
+
+    def forward(self, z: Activation) -> Tensor:  # noqa: D102
+        return super().forward(head_input(z))
 
 
 def _pooled_features(shape: torch.Size, pool: int) -> int:
@@ -105,18 +119,16 @@ def build_aux_head(
     else:
         pooling, features = PoolFlatten(pool), _pooled_features(shape, pool)
     if spec == "linear":
-        return nn.Sequential(pooling, nn.Linear(features, num_classes))
+        return AuxHead(pooling, nn.Linear(features, num_classes))
     if spec == "mlp":
-        return nn.Sequential(
-            pooling, nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
-        )
+        return AuxHead(pooling, nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
     if len(shape) != 3:
         raise ValueError(
             f"Expected argument `aux_head` to be 'linear', 'mlp' or an nn.Module for a cut activation of per-sample"
             f" shape {tuple(shape)}, got 'conv', which needs image-shaped activations (C, H, W)."
         )
     channels = shape[0]
-    return nn.Sequential(
+    return AuxHead(
         nn.Conv2d(channels, channels, 3, padding=1, bias=False),
         nn.BatchNorm2d(channels),
         nn.ReLU(inplace=True),
@@ -146,7 +158,8 @@ def _check_sequence_head(spec: str, shape: torch.Size, pool: int) -> None:
 def check_aux_head(aux_head: nn.Module, z: Activation, num_classes: int) -> None:
     """Check that ``aux_head`` maps the cut activation ``z`` to ``(N, num_classes)`` logits.
 
-    Runs one forward in eval mode without gradients, so no BatchNorm statistics move.
+    Runs one forward in eval mode without gradients, so no BatchNorm statistics move. With several tensors
+    at the cut, the head is given the named module's output, as in training.
 
     Raises:
         ValueError: naming the head, the activation shape and what went wrong.
@@ -155,7 +168,7 @@ def check_aux_head(aux_head: nn.Module, z: Activation, num_classes: int) -> None
     aux_head.eval()
     try:
         with torch.no_grad():
-            out = aux_head(z)
+            out = aux_head(head_input(z))
     except Exception as err:  # any shape/dtype error from the user's module
         raise ValueError(
             f"Argument `aux_head` ({type(aux_head).__name__}) does not accept the cut activation of shape"

@@ -9,8 +9,9 @@ two together through the network, across the cut and into the auxiliary head:
 
 At the cut only ``values`` is differentiable and goes through the codec; the mask crosses exact
 (as ``bool``, one byte per position) and is counted with the rest (:class:`~lightning_dsl.core.cut.Cut`).
-The training step, the cut and the heads take either a plain tensor or a ``MaskedSequence``
-(:data:`Activation`), through the few helpers below.
+The training step, the cut and the heads take a plain tensor, a ``MaskedSequence`` or several
+tensors (:class:`~lightning_dsl.core.cut_tensors.CutTensors`, a cut inside a skip connection), together
+:data:`Activation`, through the few helpers below.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from lightning_dsl.core.cut_tensors import CutTensors
 
 
 @dataclass(frozen=True)
@@ -76,18 +79,50 @@ class MaskedSequence:
         return MaskedSequence(self.values.pin_memory(), self.mask.pin_memory())
 
 
-Activation = Tensor | MaskedSequence
-"""What a client half returns and the server half takes: a tensor, or a sequence with its mask."""
+Activation = Tensor | MaskedSequence | CutTensors
+"""What a client half returns and the server half takes: a tensor, a sequence with its mask, or several tensors."""
 
 
 def values_of(activation: Activation) -> Tensor:
-    """The differentiable tensor of an activation: itself, or a sequence's ``values``."""
-    return activation.values if isinstance(activation, MaskedSequence) else activation
+    """The activation's main tensor: itself, a sequence's ``values``, or the named module's output of several."""
+    if isinstance(activation, MaskedSequence):
+        return activation.values
+    if isinstance(activation, CutTensors):
+        return activation.main
+    return activation
 
 
 def replace_values(activation: Activation, values: Tensor) -> Activation:
-    """``activation`` with its tensor replaced by ``values`` (a sequence keeps its mask)."""
-    return activation.with_values(values) if isinstance(activation, MaskedSequence) else values
+    """``activation`` with its main tensor replaced by ``values`` (a sequence keeps its mask, several the others)."""
+    if isinstance(activation, MaskedSequence):
+        return activation.with_values(values)
+    if isinstance(activation, CutTensors):
+        return activation.replace((0,), (values,))
+    return values
+
+
+def grad_tensors(activation: Activation) -> tuple[Tensor, ...]:
+    """The tensors of an activation that a gradient flows through, in order.
+
+    A tensor: itself; a sequence: its ``values`` (the mask has no gradient); several tensors: the
+    floating-point ones (:attr:`CutTensors.differentiable`).
+    """
+    if isinstance(activation, CutTensors):
+        return tuple(activation.tensors[i] for i in activation.differentiable)
+    return (values_of(activation),)
+
+
+def with_grad_tensors(activation: Activation, tensors: Sequence[Tensor]) -> Activation:
+    """``activation`` with its :func:`grad_tensors` replaced by ``tensors`` (one each, in order)."""
+    if isinstance(activation, CutTensors):
+        return activation.replace(activation.differentiable, tensors)
+    (values,) = tensors
+    return replace_values(activation, values)
+
+
+def head_input(activation: Activation) -> Tensor | MaskedSequence:
+    """What the auxiliary head takes: the activation itself, or the named module's output of several tensors."""
+    return activation.main if isinstance(activation, CutTensors) else activation
 
 
 def is_inputs(batch: Any) -> bool:

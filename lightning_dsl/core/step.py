@@ -38,8 +38,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from lightning_dsl.core.cut import Cut
-from lightning_dsl.core.sequence import Activation, replace_values, values_of
+from lightning_dsl.core.cut import Cut, Gradient
+from lightning_dsl.core.sequence import Activation, grad_tensors, head_input, with_grad_tensors
 
 
 class Optimizer(Protocol):
@@ -93,13 +93,14 @@ def scale_grad(activation: Activation, scale: float) -> Activation:
 
     ``scale == 1`` returns ``activation`` and ``scale == 0`` a detached copy, so the two limits
     are exactly "full gradient" and "no gradient". A :class:`~lightning_dsl.core.sequence.MaskedSequence`
-    has its ``values`` scaled and keeps its mask.
+    has its ``values`` scaled and keeps its mask; :class:`~lightning_dsl.core.cut_tensors.CutTensors` has each
+    floating-point tensor scaled.
     """
     if scale == 1.0:
         return activation
     if scale == 0.0:
         return activation.detach()
-    return replace_values(activation, _ScaleGrad.apply(values_of(activation), scale))
+    return with_grad_tensors(activation, [_ScaleGrad.apply(t, scale) for t in grad_tensors(activation)])
 
 
 def split_step(
@@ -209,7 +210,7 @@ class _Step:
             with self.phase("client"):
                 self._zero_grad(self.client_optimizer)
                 z = self.client(inputs)
-                aux_logits = self.aux_head(z)
+                aux_logits = self.aux_head(head_input(z))  # several tensors at the cut: the named module's output
                 aux_loss = self.criterion(aux_logits, labels)
                 self.backward(self._scaled(aux_loss))  # frees the client's graph: nothing of it is alive afterwards
                 self._step(self.client_optimizer)
@@ -231,7 +232,7 @@ class _Step:
                 z = self.client(inputs)
                 # The head always learns from the full auxiliary gradient; only its share in the client's
                 # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
-                aux_logits = self.aux_head(scale_grad(z, 1.0 - weight))
+                aux_logits = self.aux_head(head_input(scale_grad(z, 1.0 - weight)))
                 aux_loss = self.criterion(aux_logits, labels)
                 arrived = self.cut.send_up(z.detach(), labels, self.client_index, reply=True)
         if self.runs_server:
@@ -241,33 +242,40 @@ class _Step:
             assert aux_loss is not None
             with self.phase("client"):
                 gradient = self.cut.receive_down(self.client_index) if gradient is None else gradient
-                gradient = gradient.detach()
-                if weight != 1.0:
-                    gradient = weight * gradient
+                gradients = (gradient,) if isinstance(gradient, Tensor) else gradient
                 # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
-                # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch.
-                self.backward(self._scaled(aux_loss + (values_of(z) * gradient).sum()))
+                # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch; with several tensors
+                # at the cut, each one's gradient through its own term.
+                terms = [
+                    (t * (g.detach() if weight == 1.0 else weight * g.detach())).sum()
+                    for t, g in zip(grad_tensors(z), gradients, strict=True)
+                ]
+                self.backward(self._scaled(aux_loss + (terms[0] if len(terms) == 1 else torch.stack(terms).sum())))
                 self._step(self.client_optimizer)
         assert arrived is not None
         return _output(loss, aux_loss, logits, aux_logits, arrived[1], True)
 
-    def _server(self, z_up: Activation, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    def _server(self, z_up: Activation, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Gradient | None]:
         """The server's step on what arrived; with ``feedback`` the gradient at the cut is sent down (and returned)."""
         with self.phase("server"):
             self.cut.tap_arrival(z_up, labels_up, self.client_index, reply=feedback)  # the server's observers
             self._zero_grad(self.server_optimizer)
-            # With feedback the server needs d(loss)/dz: the activation (a sequence's values) becomes a leaf.
-            leaf = values_of(z_up).detach().requires_grad_() if feedback else None
-            logits = self.server(replace_values(z_up, leaf) if leaf is not None else z_up)
+            # With feedback the server needs d(loss)/dz: the activation (a sequence's values, each floating-point
+            # tensor of several) becomes a leaf.
+            leaves = [t.detach().requires_grad_() for t in grad_tensors(z_up)] if feedback else []
+            logits = self.server(with_grad_tensors(z_up, leaves) if feedback else z_up)
             loss = self.criterion(logits, labels_up)
             self.backward(self._scaled(loss))
             self._step(self.server_optimizer)
-            if leaf is None:
+            if not feedback:
                 return loss, logits, None
-            assert leaf.grad is not None
-            # What goes down is the gradient of the server's own loss, whatever the accumulation.
-            gradient = leaf.grad if self.loss_scale == 1.0 else leaf.grad / self.loss_scale
-            del leaf
+            # What goes down is the gradient of the server's own loss, whatever the accumulation. A tensor the
+            # server's loss does not depend on gets a zero gradient (it still crossed, so it is answered).
+            grads = [leaf.grad if leaf.grad is not None else torch.zeros_like(leaf) for leaf in leaves]
+            if self.loss_scale != 1.0:
+                grads = [g / self.loss_scale for g in grads]
+            del leaves
+            gradient: Gradient = grads[0] if len(grads) == 1 else tuple(grads)
             return loss, logits, self.cut.send_down(gradient, self.client_index)
 
 

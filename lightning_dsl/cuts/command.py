@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_dsl.cli import main as cli_main
+from lightning_dsl.core.graph_cut import cut_segments, is_graph_half, rejoin, tensor_points
 from lightning_dsl.core.heads import HEADS, build_aux_head
 from lightning_dsl.core.sequence import MaskedSequence, example_inputs, values_of
 from lightning_dsl.cuts.costs import LinkSpeed, plan_cuts
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs = torch.randn_like(inputs)  # costs depend on shapes; random values keep every code path realistic
     labels = torch.randint(0, model.num_classes, (batch,), device=device)
     model.to(device).train()
-    units = [*model.client, *model.server]
+    units, names, current = _units(model, inputs)
     spec = model.hparams.get("aux_head", "linear")
     head_note = ""
     if not isinstance(spec, str) or spec not in HEADS:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         criterion=model.criterion,
         codec=model.cut.codec,
         grad_codec=model.cut.grad_codec,
-        names=getattr(model, "cut_names", {}),
+        names=names,
         link=link,
     )
     try:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         raise SystemExit(f"lightning-dsl cuts: {err}") from err
     network = model.hparams.get("network")
-    name = network if isinstance(network, str) else type(model.client[0]).__name__ + "…"
+    name = network if isinstance(network, str) else _network_name(model)
     context = {
         "network": name,
         "units": len(units),
@@ -119,13 +120,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(to_json(plans, advice, context))
     elif args.csv:
-        print(to_csv(plans, model.split_index), end="")
+        print(to_csv(plans, current), end="")
     else:
-        print(markdown(plans, advice, header, model.split_index))
+        print(markdown(plans, advice, header, current))
     if args.plot is not None:
         plot(plans, args.plot, f"{name}, batch {batch}, codec {context['codec']}")
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+
+def _units(model: Any, inputs: Any) -> tuple[list[nn.Module], dict[str, int], int]:
+    """The units to measure, the names of the cuts between them, and the index of the configured cut.
+
+    A network cut by name is measured at every point of its graph where only tensors cross, each point named:
+    the halves are joined again and cut at all of them (:func:`~lightning_dsl.core.graph_cut.cut_segments`).
+    """
+    client, server = list(model.client), list(model.server)
+    if not (len(client) == len(server) == 1 and is_graph_half(client[0])):
+        return [*client, *server], getattr(model, "cut_names", {}), model.split_index
+    traced = rejoin(client[0], server[0])
+    with torch.no_grad():
+        points = tensor_points(traced, inputs[:2])
+    configured = traced.points.get(str(model.hparams.get("split_index")))
+    current = next((k for k, p in enumerate(points, start=1) if traced.points[p] == configured), 0)
+    units: list[nn.Module] = list(cut_segments(traced, points))
+    return units, {p: k for k, p in enumerate(points, start=1)}, current
+
+
+def _network_name(model: Any) -> str:
+    first = model.client[0]
+    return f"{first.meta['network']} (cut by name)" if is_graph_half(first) else type(first).__name__ + "…"
 
 
 def _check(args: argparse.Namespace) -> None:

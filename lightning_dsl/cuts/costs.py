@@ -16,7 +16,10 @@ per cut: each unit is measured once and every cut is derived from the units.
 * **Compute time** per unit: forward and backward, timed once after a warm-up pass.
 * **Bytes** per sample: the cut activation through the configured codec plus the labels, up; the
   gradient through the gradient codec, down (``sl``). A sequence model's cut activation
-  (:class:`~lightning_dsl.core.sequence.MaskedSequence`) sends its padding mask as well, one byte per position.
+  (:class:`~lightning_dsl.core.sequence.MaskedSequence`) sends its padding mask as well, one byte per position;
+  a cut inside a skip connection (:class:`~lightning_dsl.core.cut_tensors.CutTensors`) sends every tensor the
+  server needs, each through the codec (an integer or ``bool`` one exact), and in ``sl`` each floating-point
+  one gets its gradient back.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lightning_dsl.core.codecs import Codec, IdentityCodec
+from lightning_dsl.core.cut_tensors import CutTensors
 from lightning_dsl.core.memory import state_tensors, storage_key
-from lightning_dsl.core.sequence import Activation, MaskedSequence, replace_values, values_of
+from lightning_dsl.core.sequence import Activation, MaskedSequence, grad_tensors, values_of, with_grad_tensors
 
 HeadFactory = Callable[[Activation], nn.Module]
 """Builds the auxiliary head for this cut activation (a batch of it: a tensor or a sequence with its mask)."""
@@ -141,13 +145,13 @@ def plan_cuts(
     plans = []
     for k in range(1, len(units)):
         cut_activation = activations[k]
-        z = values_of(cut_activation)
         head = heads[k - 1]
-        mask_bytes = cut_activation.mask.numel() if isinstance(cut_activation, MaskedSequence) else 0
-        up = (codec.encode(z.detach()).nbytes + mask_bytes) / batch + label_bytes
-        down = grad_codec.encode(torch.zeros_like(z)).nbytes / batch
+        up = _bytes_up(codec, cut_activation) / batch + label_bytes
+        crossing = grad_tensors(cut_activation)
+        down = sum(grad_codec.encode(torch.zeros_like(t)).nbytes for t in crossing) / batch
         client_dsl, client_sl, server_dsl, server_sl = _saved_at(storages, k, len(units))
-        z_bytes = z.numel() * z.element_size()  # what the server decodes, and the gradient that comes down
+        # What the server decodes, and the gradient that comes down (of each tensor that crosses).
+        z_bytes = sum(t.numel() * t.element_size() for t in crossing)
         # A lossy codec's decoded copy is what the server's first unit saves. In sl it is one storage more when the
         # client holds the cut activation too (a ReLU saved its output); when only the server held it (a transformer's
         # residual sum is saved by nobody on the client), the copy takes its place. In dsl the client's graph is gone.
@@ -225,16 +229,27 @@ def _activations(units: Sequence[nn.Module], inputs: Activation) -> list[Activat
     return out
 
 
+def _bytes_up(codec: Codec, activation: Activation) -> int:
+    """Bytes of the cut activation as :meth:`~lightning_dsl.core.cut.Cut.send_up` sends it (labels apart)."""
+    if isinstance(activation, CutTensors):
+        return sum(
+            codec.encode(t.detach()).nbytes if t.is_floating_point() else t.numel() * t.element_size()
+            for t in activation
+        )
+    mask_bytes = activation.mask.numel() if isinstance(activation, MaskedSequence) else 0
+    return codec.encode(values_of(activation).detach()).nbytes + mask_bytes
+
+
 def _leaf(x: Activation, requires_grad: bool) -> Activation:
-    """``x`` detached; its tensor (a sequence's values) requiring grad when asked and floating-point."""
-    values = values_of(x).detach()
-    return replace_values(x, values.requires_grad_(requires_grad and values.is_floating_point()))
+    """``x`` detached; its tensors (a sequence's values) requiring grad when asked and floating-point."""
+    leaves = [t.detach().requires_grad_(requires_grad and t.is_floating_point()) for t in grad_tensors(x)]
+    return with_grad_tensors(x, leaves)
 
 
 def _forward_backward(unit: nn.Module, x: Activation, input_grad: bool) -> None:
-    out = values_of(unit(_leaf(x, input_grad)))
-    if out.requires_grad:  # a parameter-free first unit (a Flatten) has no backward
-        out.backward(torch.ones_like(out))
+    outs = [t for t in grad_tensors(unit(_leaf(x, input_grad))) if t.requires_grad]
+    if outs:  # a parameter-free first unit (a Flatten) has no backward
+        torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
 
 
 def _flops(unit: nn.Module, x: Activation, input_grad: bool) -> float:

@@ -93,5 +93,5 @@ def _message(parcel: Parcel) -> Message:
 
 def _parcel(kind: str, message: Message) -> Parcel:
     if kind == "batch":
-        return Parcel(kind, message.payloads, reply=bool(message.step))
+        return Parcel(kind, message.payloads, message.keys, reply=bool(message.step))  # keys: several tensors
     return Parcel(kind, message.payloads, message.keys, weight=message.step if kind == "state_up" else 0)

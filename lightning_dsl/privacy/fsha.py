@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dsl.core.cut import CutTap
+from lightning_dsl.core.cut import CutTap, Gradient
 from lightning_dsl.core.sequence import Activation, values_of
 
 _WIDTH = 128  # channels of the default decoder and discriminator
@@ -142,13 +142,19 @@ class FeatureSpaceHijacking(CutTap):
         self._train(z)
         self.steps += 1
 
-    def sending_down(self, gradient: Tensor, client: int = 0) -> Tensor:
-        """The hijacking gradient of the batch that arrived from ``client``, in place of the task gradient."""
+    def sending_down(self, gradient: Gradient, client: int = 0) -> Gradient:
+        """The hijacking gradient of the batch that arrived from ``client``, in place of the task gradient.
+
+        With several tensors at the cut, the main tensor's gradient is replaced and the others are zeroed.
+        """
         hijacking = self.hijacking_gradients.get(client) if self.active else None
-        if hijacking is None or hijacking.shape != gradient.shape:
+        main = gradient if isinstance(gradient, Tensor) else gradient[0]
+        if hijacking is None or hijacking.shape != main.shape:
             return gradient
         self.sent_down += 1
-        return hijacking.to(dtype=gradient.dtype)
+        if isinstance(gradient, Tensor):
+            return hijacking.to(dtype=gradient.dtype)
+        return (hijacking.to(dtype=main.dtype), *(torch.zeros_like(g) for g in gradient[1:]))
 
     def reconstruct(self, activations: Activation) -> Tensor:
         """The decoder's reconstruction of the inputs behind ``activations`` (no gradient)."""

@@ -110,7 +110,7 @@ class ServerLoader:
         cut = self._strategy.cut
         assert isinstance(cut, WireCut)
         cut.deliver(client, message)
-        labels = message.payloads[1].shape if len(message.payloads) > 1 else (0,)
+        labels = message.payloads[-1].shape if len(message.payloads) > 1 else (0,)  # the labels come last
         return Arrival(client, reply=bool(message.step), samples=int(labels[0]) if len(labels) else 0)
 
 

@@ -66,6 +66,29 @@ def test_a_network_nobody_here_wrote(capsys: pytest.CaptureFixture[str]) -> None
     assert all(c["client_flops"] + c["server_flops"] > 0 for c in data["cuts"])
 
 
+def test_a_network_cut_by_name_lists_its_points(capsys: pytest.CaptureFixture[str]) -> None:
+    """One row per point of the traced graph where only tensors cross; the skip is counted where it crosses."""
+    args = ["--json", "--model.init_args.network=tests.cuts.toy.TinyUNet", "--model.init_args.split_index=down2"]
+    data = json.loads(run(capsys, *args))
+    names = [c["name"] for c in data["cuts"]]
+    assert names == ["down1.0", "down1", "pool", "down2.0", "down2", "up", "cat", "dec", "relu", "head.0", "head.1"]
+    assert [c["index"] for c in data["cuts"]] == list(range(1, 12)) and data["units"] == 12
+    assert data["network"].startswith("TinyUNet")
+    at = {c["name"]: c for c in data["cuts"]}
+    # After down2 the encoder's first output crosses too: (8 x 4 x 4 + 4 x 8 x 8) float32 values, then the label.
+    assert at["down2"]["bytes_up"] == (8 * 4 * 4 + 4 * 8 * 8) * 4 + 8
+    assert at["down2"]["bytes_down"] == (8 * 4 * 4 + 4 * 8 * 8) * 4
+    assert at["head.1"]["bytes_up"] == 4 * 4 + 8
+    rows = [
+        line
+        for line in run(
+            capsys, "--model.init_args.network=tests.cuts.toy.TinyUNet", "--model.init_args.split_index=down2"
+        ).splitlines()
+        if "◀ config" in line
+    ]
+    assert len(rows) == 1 and "| 5 down2 ◀ config |" in rows[0]
+
+
 def test_bad_input_is_refused_with_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit, match="smaller than the smallest client: cut 1"):
         main(["--config", QUICKSTART, "--client-memory-mib", "0.0001"])

@@ -8,7 +8,8 @@ Options: ``mode``, ``epochs``, ``batches`` (per epoch), ``clients`` (in-process 
 that process SIGKILLs itself before its b-th training batch), ``ckpt`` (resume from this path),
 ``codec``, ``server_order``, ``mode_by_rank`` (``{"1": "sl"}``: another mode on that rank), ``sleep``
 (``{"server": 0.3}``: that process sleeps after each training batch), ``text`` (a small text transformer
-on a few made-up sentences instead: padded sequences and their mask cross the cut).
+on a few made-up sentences instead: padded sequences and their mask cross the cut), ``skip`` (a small U-Net
+cut by name inside its skip connection instead: two tensors cross the cut).
 """
 
 from __future__ import annotations
@@ -80,9 +81,14 @@ def main(options: dict[str, Any]) -> None:
     if options.get("text"):
         data = TextDataModule(root=str(write_sentences(Path("sst2"))), vocab_size=40, max_length=12, batch_size=8)
         network = TextTransformer(vocab_size=40, max_length=12, dim=16, depth=2, heads=2, dropout=0.0)
+    split_index: int | str = 2
+    if options.get("skip"):
+        from tests.cuts.toy import TinyUNet
+
+        network, split_index = TinyUNet(in_channels=1, num_classes=10), "down2"
     model = DecoupledSplitModule(
         network,
-        split_index=2,
+        split_index=split_index,
         mode=options.get("mode_by_rank", {}).get(str(rank), options.get("mode", "dsl")),
         codec=options.get("codec", "none"),
         num_clients=clients if in_process else 1,

@@ -88,6 +88,23 @@ def test_a_text_transformer_across_processes_equals_one_process(tmp_path: Path) 
     assert client["summary"]["split/wire_payload_bytes_sent"] == reference["traffic"]["bytes_up"]
 
 
+def test_a_skip_connection_cut_by_name_crosses_the_wire_as_in_one_process(tmp_path: Path) -> None:
+    """Two tensors cross the cut, each with its gradient in sl; the run equals the one in one process."""
+    (tmp_path / "split").mkdir()
+    codes, output = run_split(tmp_path / "split", 2, mode="sl", skip=True, batches=4)
+    assert codes == [0, 0], output
+    reference = run_in_process(tmp_path, mode="sl", skip=True, batches=4)
+    server, client = load(tmp_path / "split", "server"), load(tmp_path / "split", "client0")
+    assert_same(reference["server"], server["server"])
+    assert_same(reference["client"], client["client"])
+    assert_same(reference["aux_head"], client["aux_head"])
+    assert server["traffic"] == client["traffic"] == reference["traffic"]
+    # 2 epochs of 4 training batches of 32: the encoder's two outputs (8x4x4 and 4x8x8 float32) went up, and
+    # both gradients came down.
+    assert reference["traffic"]["bytes_down"] == 2 * 4 * 32 * (8 * 4 * 4 + 4 * 8 * 8) * 4
+    assert client["summary"]["split/wire_payload_bytes_sent"] == reference["traffic"]["bytes_up"]
+
+
 def test_two_clients_equal_the_one_process_parallel_schedule_with_fedavg(tmp_path: Path) -> None:
     (tmp_path / "split").mkdir()
     codes, output = run_split(tmp_path / "split", 3, clients=2)

@@ -1,9 +1,17 @@
-"""Lightning callbacks that measure split learning: bytes across the cut, memory per side, throughput."""
+"""Lightning callbacks that measure split learning: bytes across the cut, memory per side, throughput, leakage."""
 
 from lightning_dsl.callbacks.communication import CommunicationMonitor
+from lightning_dsl.callbacks.leakage import LeakageMonitor
 from lightning_dsl.callbacks.memory import PeakMemoryMonitor
 from lightning_dsl.callbacks.partition import PartitionMonitor
 from lightning_dsl.callbacks.summary import RunSummary
 from lightning_dsl.callbacks.throughput import SplitThroughputMonitor
 
-__all__ = ["CommunicationMonitor", "PartitionMonitor", "PeakMemoryMonitor", "RunSummary", "SplitThroughputMonitor"]
+__all__ = [
+    "CommunicationMonitor",
+    "LeakageMonitor",
+    "PartitionMonitor",
+    "PeakMemoryMonitor",
+    "RunSummary",
+    "SplitThroughputMonitor",
+]

@@ -19,6 +19,7 @@ Target (issue 20): the monitor costs at most 2 % of a quickstart epoch.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--max-batches must be >= 1 (the 'on' arm measures something), got {args.max_batches}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch threads: {torch.get_num_threads()}; quickstart, {args.epochs} epochs per fit", flush=True)
+    print(
+        f"torch threads: {torch.get_num_threads()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f};"
+        f" quickstart, {args.epochs} epochs per fit",
+        flush=True,
+    )
     wall_ratios, shares, epoch_seconds = [], [], []
     with tempfile.TemporaryDirectory() as root:
         for repeat in range(args.repeats):
@@ -120,6 +125,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"| quickstart epoch without the monitor | {spread(epoch_seconds, unit=' s')} |")
     print(f"| fit time with / without (wall ratio) | {spread(wall_ratios)} |")
     print(f"| time inside the monitor / fit time | {spread(shares, 100, ' %')} |")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     verdict = "meets" if report["own_share_max"] <= TARGET else "MISSES"
     print(
         f"\nThe monitor {verdict} the target: at most {100 * TARGET:.0f} % of a quickstart epoch"

@@ -6,9 +6,11 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from lightning_dsl.core.peek import batch_inputs
+from lightning_dsl.core.sequence import MaskedSequence
 from lightning_dsl.privacy.distance import distance_correlation
 
 METRIC = "privacy/dcor"
@@ -18,11 +20,13 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 class LeakageMonitor(Callback):
     """Log ``privacy/dcor``, the distance correlation of the validation inputs and their cut activations.
 
-    On each of the first ``max_batches`` validation batches of an epoch the client half computes the cut
-    activation ``z = pl_module.client(x)`` once more (in eval mode, without gradients; with several clients,
-    the aggregate ``pl_module.client``) and :func:`~lightning_dsl.privacy.distance_correlation` compares the
-    flattened ``x`` and ``z`` of that batch (in ``float64``). The figure of the epoch is the batch dCor
-    averaged over those batches, weighted by their sizes. dCor is not additive over batches: this is not
+    On each of the first ``max_batches`` validation batches of an epoch, the cut activation
+    ``z = pl_module.client(x)`` that the module's evaluation computes (read by a forward hook on
+    ``pl_module.client``, so nothing is computed twice; with several clients, the aggregate
+    ``pl_module.client``; ``z`` before any codec) and :func:`~lightning_dsl.privacy.distance_correlation`
+    compares the flattened ``x`` and ``z`` of that batch (in ``float64``). A module whose evaluation does
+    not call its client gets ``z`` computed here, in eval mode, without gradients. The figure of the epoch is
+    the batch dCor averaged over those batches, weighted by their sizes. dCor is not additive over batches: this is not
     the dCor of the whole validation set (which would cost ``O(N²)``), and a batch's value depends on its
     size (the V-statistic of independent data is biased up, roughly like ``1/sqrt(B)``): compare runs
     at the same validation batch size.
@@ -33,8 +37,8 @@ class LeakageMonitor(Callback):
     inputs here (a server whose clients are other processes) are skipped; with none, nothing is logged.
 
     Args:
-        max_batches: validation batches measured per epoch (their cost is one client forward and a
-            ``B x B`` distance matrix each); ``None`` measures every batch, ``0`` turns the monitor off.
+        max_batches: validation batches measured per epoch (their cost is two ``B x B`` distance matrices
+            each); ``None`` measures every batch, ``0`` turns the monitor off.
         dtype: ``"float64"`` (accurate) or ``"float32"``: the dtype of the dCor computation (the activations
             are computed in the module's own dtype).
 
@@ -65,9 +69,25 @@ class LeakageMonitor(Callback):
         self._weighted_sum = 0.0
         self._samples = 0
         self._batches = 0
+        self._hook: RemovableHandle | None = None
+        self._captured: tuple[Any, Any] | None = None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         self._weighted_sum, self._samples, self._batches = 0.0, 0, 0
+
+    def on_validation_batch_start(  # noqa: D102
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._remove_hook()
+        client = getattr(pl_module, "client", None)
+        if self._measures(trainer) and isinstance(client, nn.Module):
+            # The module's own evaluation computes z = client(x): read it there instead of computing it twice.
+            self._captured = None
+            self._hook = client.register_forward_hook(self._capture)
+
+    def _capture(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._captured is None and args:
+            self._captured = (args[0], output)
 
     def on_validation_batch_end(  # noqa: D102
         self,
@@ -78,21 +98,39 @@ class LeakageMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking or (self.max_batches is not None and self._batches >= self.max_batches):
+        self._remove_hook()
+        if not self._measures(trainer):
             return
-        client = getattr(pl_module, "client", None)
-        inputs = batch_inputs(batch)
-        if not isinstance(client, nn.Module) or inputs is None or inputs.shape[0] < 2:
-            return  # no client here, no inputs (a server of other processes), or a last batch of one sample
-        was_training = client.training
-        client.eval()
+        captured, self._captured = self._captured, None
+        if captured is None:  # a module whose evaluation does not call its client: compute z here
+            client, inputs = getattr(pl_module, "client", None), batch_inputs(batch)
+            if not isinstance(client, nn.Module) or inputs is None:
+                return  # no client here, or no inputs (a server whose clients are other processes)
+            was_training = client.training
+            client.eval()
+            with torch.no_grad():
+                captured = (inputs, client(inputs))
+            client.train(was_training)
+        x, z = captured
+        if not isinstance(x, (Tensor, MaskedSequence)) or not isinstance(z, (Tensor, MaskedSequence)) or x.shape[0] < 2:
+            return  # a last batch of one sample has no dCor
         with torch.no_grad():
-            value = distance_correlation(inputs, client(inputs), dtype=DTYPES[self.dtype])
-        client.train(was_training)
-        size = int(inputs.shape[0])
+            value = distance_correlation(x, z, dtype=DTYPES[self.dtype])
+        size = int(x.shape[0])
         self._weighted_sum += float(value) * size
         self._samples += size
         self._batches += 1
+
+    def _measures(self, trainer: Trainer) -> bool:
+        return not trainer.sanity_checking and (self.max_batches is None or self._batches < self.max_batches)
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:  # noqa: D102
+        self._remove_hook()
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
         if trainer.sanity_checking or not self._samples:

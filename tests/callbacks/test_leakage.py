@@ -103,3 +103,25 @@ def test_state_dict_round_trip() -> None:
 def test_bad_arguments(kwargs: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         LeakageMonitor(**kwargs)
+
+
+def test_reads_z_from_the_modules_own_forward_and_leaves_no_hook(
+    make_module: Any, make_trainer: Any, loaders: Any
+) -> None:
+    module = make_module("dsl")
+    calls = []
+    module.client.register_forward_hook(lambda *_: calls.append(1))
+    monitor = LeakageMonitor(max_batches=None)
+    trainer = make_trainer([monitor], limit_train_batches=0)
+    trainer.validate(module, loaders()[1])
+    assert len(calls) == 2  # one client forward per validation batch: the monitor added none
+    assert len(module.client._forward_hooks) == 1  # only the test's own hook is left
+    assert monitor.value == pytest.approx(expected_dcor(module, loaders()[1], None), abs=1e-6)
+
+
+def test_computes_z_when_the_evaluation_skips_the_client(make_module: Any, make_trainer: Any, loaders: Any) -> None:
+    module = make_module("dsl")
+    module.validation_step = lambda batch, batch_idx: None  # evaluates nothing through the client
+    monitor = LeakageMonitor(max_batches=None)
+    make_trainer([monitor]).validate(module, loaders()[1])
+    assert monitor.value == pytest.approx(expected_dcor(module, loaders()[1], None), abs=1e-6)

@@ -113,7 +113,9 @@ def test_reads_z_from_the_modules_own_forward_and_leaves_no_hook(
     module.client.register_forward_hook(lambda *_: calls.append(1))
     monitor = LeakageMonitor(max_batches=None)
     trainer = make_trainer([monitor], limit_train_batches=0)
+    threads = torch.get_num_threads()
     trainer.validate(module, loaders()[1])
+    assert torch.get_num_threads() == threads  # the monitor computes on one thread and restores the count
     assert len(calls) == 2  # one client forward per validation batch: the monitor added none
     assert len(module.client._forward_hooks) == 1  # only the test's own hook is left
     assert monitor.value == pytest.approx(expected_dcor(module, loaders()[1], None), abs=1e-6)

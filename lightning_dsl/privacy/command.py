@@ -3,7 +3,7 @@
 The same config (and overrides) a ``fit`` used builds the model and the data; the checkpoint's client half is
 loaded into it (the attacker holds those weights: the SplitFed server after every FedAvg round, or anyone with a
 leaked checkpoint of a one-client run). The attacker's auxiliary data are a stated part of a split nobody trained
-on (by default the first half of the test split); the private inputs are a seeded sample of the training split
+on (by default a seeded half of the test split); the private inputs are a seeded sample of the training split
 the clients trained on. Then :func:`~lightning_dsl.privacy.invert_images` (images: MSE, PSNR, SSIM, the zeros-in
 baseline, ``reconstructions.png``) or :func:`~lightning_dsl.privacy.probe_tokens` (text: token accuracy against
 the most frequent token) runs, and a short table (or ``--json``) is printed.
@@ -58,7 +58,9 @@ def parser() -> argparse.ArgumentParser:
         default="test",
         help="the split the attacker's auxiliary data come from (default: test; never train)",
     )
-    p.add_argument("--aux-fraction", type=float, default=0.5, help="the first part of that split taken (default 0.5)")
+    p.add_argument(
+        "--aux-fraction", type=float, default=0.5, help="the part of that split taken, a seeded sample (default 0.5)"
+    )
     p.add_argument("--private-samples", type=int, default=256, help="training samples attacked (default 256)")
     p.add_argument("--epochs", type=int, default=10, help="the decoder's passes over the auxiliary set (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="the attack's batch size (default 64)")
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = _load_client(model, args.ckpt_path)
     data.prepare_data()
     data.setup("fit")
+    if args.aux_split == "test" and getattr(data, "test_set", None) is None:
+        data.setup("test")  # a data module that loads the test split for its own stage only (text)
     auxiliary, aux_note = _auxiliary(data, args)
     private, private_note = _private(data, args)
     device = cli.trainer.strategy.root_device
@@ -156,7 +160,7 @@ def _check(cli_parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     if args.aux_split == "train":
         cli_parser.error(
             "argument --aux-split: the auxiliary set must be disjoint from the clients' training data, and the"
-            " training split is what they trained on. Pick --aux-split test (the first --aux-fraction of the test"
+            " training split is what they trained on. Pick --aux-split test (a seeded --aux-fraction of the test"
             " split, the default) or --aux-split val (a validation split held out of training, e.g."
             " --data.init_args.val_size=5000 for CIFAR)."
         )
@@ -210,7 +214,9 @@ def _auxiliary(data: Any, args: argparse.Namespace) -> tuple[list[Any], str]:
             " --data.init_args.val_size=5000)."
         )
     count = max(2, int(len(split) * args.aux_fraction))
-    indices = list(range(count))
+    # A seeded sample, not the first rows: a split stored by class (an ImageFolder copy) would give few classes.
+    generator = torch.Generator().manual_seed(args.seed + 1)
+    indices = torch.randperm(len(split), generator=generator)[:count].sort().values.tolist()
     training = _fingerprints(data.train_set, range(len(data.train_set)))
     if training is not None:
         mine = _fingerprints(split, indices)
@@ -218,7 +224,7 @@ def _auxiliary(data: Any, args: argparse.Namespace) -> tuple[list[Any], str]:
         overlap = [i for i, f in zip(indices, mine, strict=True) if f in set(training)]
         if len(overlap) == len(indices):
             raise SystemExit(
-                f"lightning-dsl attack: every auxiliary sample (the first {count} of the {args.aux_split} split) is"
+                f"lightning-dsl attack: every auxiliary sample ({count} of the {args.aux_split} split) is"
                 " also in the training split: the auxiliary set must be disjoint from the clients' training data."
                 " Pick a split nobody trained on (--aux-split test or val)."
             )
@@ -227,8 +233,8 @@ def _auxiliary(data: Any, args: argparse.Namespace) -> tuple[list[Any], str]:
     else:
         dropped = ""
     note = (
-        f"the first {count} of the {len(split)} samples of the {args.aux_split} split"
-        f" ({100 * args.aux_fraction:.0f} %){dropped}: {len(indices)} samples nobody trained on"
+        f"{count} of the {len(split)} samples of the {args.aux_split} split ({100 * args.aux_fraction:.0f} %, seeded"
+        f" by --seed={args.seed}){dropped}: {len(indices)} samples nobody trained on"
     )
     return _inputs(data, split, indices, args.batch_size), note
 

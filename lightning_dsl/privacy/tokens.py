@@ -101,7 +101,7 @@ def probe_tokens(
     probe.to(device).train()
     optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
     order = torch.Generator().manual_seed(seed)
-    chunk = 4096  # positions per step: a few hundred sequences
+    chunk = 512  # positions per step: a few dozen sequences
     for _ in range(epochs):
         permutation = torch.randperm(len(aux_ids), generator=order).to(device)
         for begin in range(0, len(permutation), chunk):

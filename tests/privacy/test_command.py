@@ -73,7 +73,7 @@ def test_table_and_the_validation_split(
     assert main([*args, "--aux-split", "val", "--aux-fraction", "1"]) == 0
     printed = capsys.readouterr().out
     assert "| PSNR (dB) |" in printed and "baseline (decoder on zeros)" in printed
-    assert "the first 270 of the 270 samples of the val split" in printed
+    assert "270 of the 270 samples of the val split (100 %" in printed
 
 
 def test_bad_input(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,3 +119,64 @@ def test_the_console_script_dispatches_attack(checkpoint: Path, tmp_path: Path) 
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"mse", "psnr", "ssim", "dcor"} <= json.loads(result.stdout).keys()
     assert (tmp_path / "reconstructions.png").is_file()
+
+
+def tiny_sst2(root: Path, copied_test: bool = False) -> Path:
+    """SST-2's layout with a few made-up rows (as tests/test_configs.py writes them).
+
+    The test sentences are the training ones backwards (none is a training sentence), or, with ``copied_test``,
+    the training sentences themselves.
+    """
+    words = ["good", "bad", "film", "plot", "a", "the", "boring", "great", "acting", "slow"]
+    root.mkdir()
+    for split, rows in (("train", 24), ("dev", 8), ("test", 16)):
+        lines = ["sentence\tlabel"]
+        for i in range(rows):
+            sentence = [words[(i + j) % len(words)] for j in range(3 + i % 7)]
+            if split == "test" and not copied_test:
+                sentence.reverse()
+            lines.append(" ".join(sentence) + f"\t{i % 2}")
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_text_run_gets_the_token_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str], single_thread: None) -> None:
+    config = str(REPO / "configs" / "sst2_transformer.yaml")
+    overrides = [
+        f"--data.init_args.root={tiny_sst2(tmp_path / 'sst2')}",
+        f"--data.init_args.cache_dir={tmp_path / 'cache'}",
+        "--data.init_args.batch_size=8",
+        "--model.init_args.network.init_args.dim=16",
+        "--model.init_args.network.init_args.heads=2",
+        "--model.init_args.split_index=shallow",
+    ]
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        cli_main(
+            args=[
+                "fit",
+                f"--config={config}",
+                *overrides,
+                "--trainer.limit_train_batches=2",
+                "--trainer.limit_val_batches=1",
+                "--trainer.logger=false",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.default_root_dir={tmp_path / 'fit'}",
+                "--summary.print_summary=false",
+            ]
+        )
+    finally:
+        sys.argv = argv
+    (ckpt,) = (tmp_path / "fit" / "checkpoints").glob("*.ckpt")
+    args = ["--config", config, *overrides, "--ckpt_path", str(ckpt), "--out", str(tmp_path / "attack")]
+    assert main([*args, "--json", "--epochs", "200"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert 0.0 <= figures["baseline_token_accuracy"] < figures["token_accuracy"] <= 1.0
+    assert figures["private_tokens"] > 0 and 0.0 < figures["dcor"] <= 1.0
+    with pytest.raises(SystemExit, match=r"--metrics image \(mse, psnr, ssim\) needs image inputs.*token_accuracy"):
+        main([*args, "--metrics", "image"])
+    # A test split that copies the training sentences: no auxiliary sample is disjoint from the training data.
+    copied_root = str(tiny_sst2(tmp_path / "copied", copied_test=True))
+    copied = [a.replace(str(tmp_path / "sst2"), copied_root) for a in args]
+    with pytest.raises(SystemExit, match="every auxiliary sample .* is also in the training split"):
+        main(copied)

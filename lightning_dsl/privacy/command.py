@@ -64,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--private-samples", type=int, default=256, help="training samples attacked (default 256)")
     p.add_argument("--epochs", type=int, default=10, help="the decoder's passes over the auxiliary set (default 10)")
     p.add_argument("--batch-size", type=int, default=64, help="the attack's batch size (default 64)")
-    p.add_argument("--width", type=int, default=64, help="the decoder's width (default 64)")
+    p.add_argument("--width", type=int, default=32, help="the decoder's width (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seeds the private sample and the attacker (default 0)")
     return p
 

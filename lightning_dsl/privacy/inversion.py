@@ -83,7 +83,7 @@ class InversionDecoder(nn.Module):
             raise ValueError(f"Expected argument `x_shape` to be an image's (C, H, W), but got {x_shape}.")
         if width < 1:
             raise ValueError(f"Expected argument `width` to be a positive integer, but got {width}.")
-        self.x_shape = x_shape
+        self.x_shape, self.z_shape = x_shape, z_shape
         layers: list[nn.Module]
         if len(z_shape) == 3:
             height, width_z = z_shape[1], z_shape[2]
@@ -117,7 +117,7 @@ def invert_images(
     epochs: int = 10,
     batch_size: int = 64,
     lr: float = 1e-3,
-    width: int = 64,
+    width: int = 32,
     seed: int = 0,
     grid_samples: int = 8,
 ) -> InversionReport:
@@ -182,12 +182,13 @@ def invert_images(
     permutations = [torch.randperm(len(auxiliary), generator=order) for _ in range(epochs)]
     mean_image = x_aux.mean(dim=0)
     _train(decoder, z_aux, x_aux, mean_image, permutations, batch_size, lr, device)
-    _train(blind, torch.zeros_like(z_aux[:1]).expand_as(z_aux), x_aux, mean_image, permutations, batch_size, lr, device)
+    _train(blind, None, x_aux, mean_image, permutations, batch_size, lr, device)
 
     x_private = to_pixels(private).clamp(0.0, 1.0)
     z_private = _activations(client, private, batch_size, device)
     reconstructed = _decode(decoder, z_private, batch_size, device)
-    guessed = _decode(blind, torch.zeros_like(z_private[:1]).expand_as(z_private), batch_size, device)
+    with torch.no_grad():
+        guessed = blind(torch.zeros_like(z_private[:1]).to(device)).clamp(0.0, 1.0).expand_as(reconstructed)
     attack, baseline = _image_metrics(reconstructed, x_private), _image_metrics(guessed, x_private)
     dcor, samples = 0.0, 0
     with torch.no_grad():
@@ -246,7 +247,7 @@ def _activations(client: nn.Module, inputs: Tensor, batch_size: int, device: tor
 
 def _train(
     decoder: InversionDecoder,
-    z: Tensor,
+    z: Tensor | None,
     x: Tensor,
     mean_image: Tensor,
     permutations: list[Tensor],
@@ -258,10 +259,14 @@ def _train(
     with torch.no_grad():
         decoder.bias.copy_(mean_image)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    zeros = torch.zeros(1, *decoder.z_shape, device=device)
     for permutation in permutations:
         for begin in range(0, len(permutation), batch_size):
             index = permutation[begin : begin + batch_size]
-            loss = nn.functional.mse_loss(decoder(z[index].to(device)), x[index].to(device))
+            target = x[index].to(device)
+            # Zeros in (z is None): every sample's output is the same, so one sample's stands for the batch's.
+            output = decoder(zeros).expand_as(target) if z is None else decoder(z[index].to(device))
+            loss = nn.functional.mse_loss(output, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -70,8 +70,11 @@ def test_flat_activation_is_inverted_by_the_linear_decoder(digits, single_thread
 def test_zero_client_gives_exactly_the_baseline(digits, single_thread) -> None:  # noqa: ANN001
     auxiliary, private, dm = digits
     report = invert_images(Constant(0.0), auxiliary, private, pixels(dm), **OPTIONS)
-    # The decoder sees the zeros its blind twin sees, from the same seed: the same numbers.
-    assert (report.mse, report.psnr, report.ssim) == (report.baseline_mse, report.baseline_psnr, report.baseline_ssim)
+    # The decoder sees the zeros its blind twin sees, from the same seed: the same numbers (to rounding: the twin
+    # computes one sample's output for the whole batch).
+    assert report.mse == pytest.approx(report.baseline_mse, rel=1e-4)
+    assert report.psnr == pytest.approx(report.baseline_psnr, abs=1e-3)
+    assert report.ssim == pytest.approx(report.baseline_ssim, abs=1e-4)
     assert report.dcor == 0.0
 
 

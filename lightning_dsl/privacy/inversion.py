@@ -33,8 +33,8 @@ PixelMap = Callable[[Tensor], Tensor]
 class InversionReport:
     """The attack's figures on the private inputs (pixel space ``[0, 1]``) and the zeros-in baseline's.
 
-    ``originals`` and ``reconstructions`` are the first private images and the attack's reconstructions of
-    them (for a grid); they are left out of :meth:`figures`.
+    ``originals`` and ``reconstructions`` are a few private images, evenly spaced over the private set, and the
+    attack's reconstructions of them (for a grid); they are left out of :meth:`figures`.
     """
 
     mse: float
@@ -141,7 +141,7 @@ def invert_images(
         lr: Adam's learning rate.
         width: the decoder's width (:class:`InversionDecoder`).
         seed: seeds the decoders' initialisation and the batch order.
-        grid_samples: how many private images (and reconstructions) the report keeps for a grid.
+        grid_samples: how many private images (and reconstructions) the report keeps for a grid, evenly spaced.
 
     Raises:
         ValueError: if the inputs are token sequences or not image batches ``[N, C, H, W]`` (for text, the
@@ -197,6 +197,8 @@ def invert_images(
             if len(x) >= 2:
                 dcor += float(distance_correlation(x, z, dtype=torch.float64)) * len(x)
                 samples += len(x)
+    # Spread over the private set (a split stored by class would show one class in its first rows).
+    shown = torch.linspace(0, len(private) - 1, min(grid_samples, len(private))).round().long().to(x_private.device)
     return InversionReport(
         mse=attack[0],
         psnr=attack[1],
@@ -208,8 +210,8 @@ def invert_images(
         auxiliary_samples=len(auxiliary),
         private_samples=len(private),
         time_s=time.perf_counter() - start,
-        originals=x_private[:grid_samples].cpu(),
-        reconstructions=reconstructed[:grid_samples].cpu(),
+        originals=x_private[shown].cpu(),
+        reconstructions=reconstructed[shown].cpu(),
     )
 
 

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 
 from lightning_dsl.callbacks import (
     CommunicationMonitor,
+    LeakageMonitor,
     PartitionMonitor,
     PeakMemoryMonitor,
     RunSummary,
@@ -44,8 +45,9 @@ class DSLCLI(LightningCLI):
     * The data module's ``num_clients`` (1 for a data module without one) is the model's: the data decide
       how many clients there are (``--data.init_args.num_clients=10``); the model's ``client_schedule``
       tells the package's data modules how to serve them.
-    * The communication, memory, throughput, partition and summary callbacks are always on; each has its
-      own config section (``communication:``, ``memory:``, ``throughput:``, ``partition:``, ``summary:``). The
+    * The communication, memory, throughput, partition, leakage and summary callbacks are always on; each has its
+      own config section (``communication:``, ``memory:``, ``throughput:``, ``partition:``, ``leakage:``,
+      ``summary:``; ``--leakage.max_batches=0`` turns the dCor measurement off). The
       bytes sent up and the peak saved activations show in the progress bar (``prog_bar: false``
       in the section turns that off).
     * Bad input ends in a short usage error (exit status 2), never a traceback: a misspelled key names the closest
@@ -67,6 +69,7 @@ class DSLCLI(LightningCLI):
         parser.add_lightning_class_args(CommunicationMonitor, "communication")
         parser.add_lightning_class_args(PeakMemoryMonitor, "memory")
         parser.add_lightning_class_args(SplitThroughputMonitor, "throughput")
+        parser.add_lightning_class_args(LeakageMonitor, "leakage")  # before the summary: it reads privacy/dcor
         parser.add_lightning_class_args(RunSummary, "summary")
         # Where users look first: bytes sent up so far and the peak saved activations in the progress bar.
         parser.set_defaults({"communication.prog_bar": True, "memory.prog_bar": True})
@@ -223,7 +226,7 @@ def entrypoint() -> None:
     """The training CLI, :func:`main`, on ``sys.argv``; returns ``None`` (a console script's exit status 0).
 
     The ``lightning-dsl`` script is :func:`lightning_dsl.commands.entrypoint`, which also runs the other
-    commands (``lightning-dsl cuts``); this one runs only the training CLI, since the commands build their
-    networks through :func:`main` and this module imports none of them.
+    commands (``lightning-dsl cuts``, ``lightning-dsl attack``); this one runs only the training CLI, since the
+    commands build their networks through :func:`main` and this module imports none of them.
     """
     main()

@@ -22,6 +22,7 @@ from typing import Any
 
 COMMANDS: dict[str, str] = {
     "cuts": "lightning_dsl.cuts.command:main",
+    "attack": "lightning_dsl.privacy.command:main",
 }
 """Commands besides the training CLI: name -> ``"module:function"``; the function takes the arguments after
 the name (``list[str]``) and returns the exit status."""

@@ -57,6 +57,7 @@ SUMMARY_KEYS = {
     "throughput/samples_per_sec",
     "throughput/client_samples_per_sec",
     "throughput/server_samples_per_sec",
+    "privacy/dcor",
 }
 
 

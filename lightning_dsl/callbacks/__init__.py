@@ -1,7 +1,8 @@
-"""Lightning callbacks that measure split learning: bytes across the cut, memory per side, throughput, attacks."""
+"""Lightning callbacks that measure split learning: bytes, memory per side, throughput, leakage, attacks."""
 
 from lightning_dsl.callbacks.communication import CommunicationMonitor
 from lightning_dsl.callbacks.hijacking import FeatureSpaceHijackingAttack
+from lightning_dsl.callbacks.leakage import LeakageMonitor
 from lightning_dsl.callbacks.memory import PeakMemoryMonitor
 from lightning_dsl.callbacks.partition import PartitionMonitor
 from lightning_dsl.callbacks.summary import RunSummary
@@ -10,6 +11,7 @@ from lightning_dsl.callbacks.throughput import SplitThroughputMonitor
 __all__ = [
     "CommunicationMonitor",
     "FeatureSpaceHijackingAttack",
+    "LeakageMonitor",
     "PartitionMonitor",
     "PeakMemoryMonitor",
     "RunSummary",

@@ -16,7 +16,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 
 # Metrics copied from ``trainer.callback_metrics`` when they exist.
-METRICS = ("val/acc", "val/aux_acc", "val/loss", "val/aux_loss", "train/loss", "train/aux_loss", "train/acc")
+METRICS = (
+    "val/acc",
+    "val/aux_acc",
+    "val/loss",
+    "val/aux_loss",
+    "train/loss",
+    "train/aux_loss",
+    "train/acc",
+    "privacy/dcor",
+)
+# Prefixes of the metrics kept per epoch in the ``history`` (the leakage monitor's dCor is measured on validation).
+HISTORY_PREFIXES = ("val/", "privacy/")
 
 
 class RunSummary(Callback):
@@ -67,11 +78,11 @@ class RunSummary(Callback):
         self._epoch_times.append(time.perf_counter() - self._epoch_start)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        # The per-epoch curve of the run (accuracy of the split network and of the head alone).
+        # The per-epoch curve of the run (accuracy of the split network and of the head alone, the leakage).
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
         row = {"epoch": float(trainer.current_epoch)}
-        row.update({k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+        row.update({k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith(HISTORY_PREFIXES)})
         self.history.append(row)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102

@@ -272,10 +272,12 @@ class Cut:
             replaced = tap.sending_down(gradient, client)
             given = (gradient,) if isinstance(gradient, Tensor) else tuple(gradient)
             got = (replaced,) if isinstance(replaced, Tensor) else tuple(replaced)
-            if [tuple(g.shape) for g in got] != [tuple(g.shape) for g in given]:
+            shapes = [tuple(g.shape) for g in given], [tuple(g.shape) for g in got]
+            if shapes[0] != shapes[1]:
+                given_shape, got_shape = (s[0] if len(s) == 1 else s for s in shapes)
                 raise ValueError(
                     f"Expected {type(tap).__name__}.sending_down to return a gradient of the shape it was given,"
-                    f" {[tuple(g.shape) for g in given]}, but got {[tuple(g.shape) for g in got]}."
+                    f" {given_shape}, but got {got_shape}."
                 )
             gradient = replaced
         gradients = (gradient,) if isinstance(gradient, Tensor) else gradient

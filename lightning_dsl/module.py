@@ -238,10 +238,10 @@ class DecoupledSplitModule(LightningModule):
 
     def _build_aux_head(self, input_shape: Sequence[int]) -> None:
         """Build (or check) the auxiliary head for the cut activation of inputs of ``input_shape``."""
+        z = assembly.probe_cut_activation(self.client, self.split_index, input_shape)
         if self._unsplit:
             assembly.check_halves(self._unsplit[0], self._split, input_shape)
             self._unsplit = ()  # checked once; the halves own the network's modules from here on
-        z = assembly.probe_cut_activation(self.client, self.split_index, input_shape)
         assembly.check_cut_codecs(self.cut, values_of(z).dtype, self.mode)
         head = self.head_options.build(z, self.num_classes)
         assembly.check_network_output(self.server, z, self.num_classes)

@@ -99,7 +99,7 @@ def test_bad_input(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_entrypoint_dispatches_attack(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from lightning_dsl.cli import entrypoint
+    from lightning_dsl.commands import entrypoint
 
     argv = ["lightning-dsl", "attack", "--config", QUICKSTART, "--ckpt_path", str(checkpoint), "--json"]
     monkeypatch.setattr(sys, "argv", [*argv, "--out", str(tmp_path), *FAST])

@@ -13,8 +13,18 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 
-# Metrics copied from ``trainer.callback_metrics`` when they exist.
-METRICS = ("val/acc", "val/aux_acc", "val/loss", "val/aux_loss", "train/loss", "train/aux_loss", "train/acc")
+# Metrics copied from ``trainer.callback_metrics`` when they exist (the privacy budgets: of the last epoch, the run's).
+METRICS = (
+    "val/acc",
+    "val/aux_acc",
+    "val/loss",
+    "val/aux_loss",
+    "train/loss",
+    "train/aux_loss",
+    "train/acc",
+    "privacy/epsilon",
+    "privacy/label_epsilon",
+)
 
 
 class RunSummary(Callback):

@@ -10,13 +10,14 @@ from lightning_dsl.core.codecs import (
     check_codec_dtype,
     get_codec,
 )
-from lightning_dsl.core.cut import Cut, Parcel, Traffic
+from lightning_dsl.core.cut import ClientTransform, Cut, Parcel, Traffic
 from lightning_dsl.core.heads import build_aux_head, check_aux_head
 from lightning_dsl.core.split import Cuttable, SplitNetwork, cut_units, named_cuts, resolve_split_index, split_network
 from lightning_dsl.core.step import StepOutput, scale_grad, split_step
 
 __all__ = [
     "CastCodec",
+    "ClientTransform",
     "Codec",
     "Cut",
     "Cuttable",

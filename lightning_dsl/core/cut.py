@@ -18,6 +18,10 @@ When client and server are separate processes, each holds a ``Cut`` for its own 
 server sends what the client receives with :meth:`Cut.receive_down` and
 :meth:`Cut.receive_state_down` (and the other way round for states). Both sides count the same
 bytes. Everything that crosses is one :class:`Parcel` handed to :meth:`Cut.transmit`.
+
+A :class:`ClientTransform` in :attr:`Cut.client_transform` sits on the client's side of the seam: it
+shapes every batch the client sends up before the codec encodes it (a privacy defense: clipping and
+noise on the activations, randomized labels), without any change to the training step.
 """
 
 from __future__ import annotations
@@ -90,6 +94,40 @@ class Arrivals:
             yield arrival
 
 
+class ClientTransform:
+    """The client's side of the seam: what becomes of a batch after it leaves the client and before it is encoded.
+
+    Subclass it and override either method (the defaults do nothing), then pass an instance as
+    :attr:`Cut.client_transform`. :meth:`Cut.send_up` applies ``release(bound(activations), labels)`` to
+    every batch it sends (training, evaluation and prediction alike); the bytes are counted after it, so a
+    transform that keeps shapes and dtypes changes none.
+
+    * :meth:`bound` is the deterministic part, applied with autograd: where the server's gradient comes
+      back (sl, hybrid), the client's update flows through it (:meth:`Cut.bound_up`), so a clip is
+      differentiated exactly.
+    * :meth:`release` is the randomized part (noise, randomized labels), outside any graph: what it adds
+      does not depend on the client's parameters.
+
+    Example::
+
+        >>> import torch
+        >>> class Halve(ClientTransform):
+        ...     def bound(self, activations):
+        ...         return activations / 2
+        >>> cut = Cut(client_transform=Halve())
+        >>> cut.send_up(torch.ones(1, 2), torch.tensor([0]))[0]
+        tensor([[0.5000, 0.5000]])
+    """
+
+    def bound(self, activations: Activation) -> Activation:
+        """The deterministic, differentiable part (a clip); applied before :meth:`release`."""
+        return activations
+
+    def release(self, activations: Activation, labels: Tensor, client: int = 0) -> tuple[Activation, Tensor]:
+        """The randomized part: what ``client`` sends of its bounded ``activations`` and its ``labels``."""
+        return activations, labels
+
+
 PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
 
 
@@ -126,6 +164,8 @@ class Cut:
         codec: codec for the activations going up (``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``,
             ``"int8-channel"`` or a :class:`~lightning_dsl.core.codecs.Codec`).
         grad_codec: codec for the gradient coming down.
+        client_transform: a :class:`ClientTransform` applied to every batch sent up, before its codec
+            (keyword only).
 
     Attributes:
         traffic: everything that crossed, all clients together.
@@ -144,6 +184,7 @@ class Cut:
     grad_codec: Codec | str = "none"
     traffic: Traffic = field(default_factory=Traffic)
     client_traffic: dict[int, Traffic] = field(default_factory=dict)
+    client_transform: ClientTransform | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         self.codec = get_codec(self.codec, "codec")
@@ -167,15 +208,28 @@ class Cut:
 
         A :class:`~lightning_dsl.core.sequence.MaskedSequence` sends its values through the codec and its
         padding mask exact (``bool``), counted with the rest. ``reply``: the client will wait for this batch's
-        gradient (:meth:`receive_down`). Returns what the server receives.
+        gradient (:meth:`receive_down`). The :attr:`client_transform`, if any, shapes the batch first. Returns
+        what the server receives.
         """
         assert isinstance(self.codec, Codec)
+        if self.client_transform is not None:
+            bounded = self.client_transform.bound(activations.detach())
+            activations, labels = self.client_transform.release(bounded, labels, client)
         payloads = [self.codec.encode(values_of(activations).detach())]
         if isinstance(activations, MaskedSequence):
             payloads.append(_exact(activations.mask))
         payloads.append(_exact(labels))
         parcel = self.transmit(Parcel("batch", tuple(payloads), reply=reply), client)
         return self._arrived_up(parcel, client)
+
+    def bound_up(self, activations: Activation) -> Activation:
+        """The deterministic part of what :meth:`send_up` sends of ``activations``, with their graph.
+
+        The client's update in sl and hybrid is differentiated through this: the gradient that comes
+        down is the server loss's gradient at what was sent, whose noise does not depend on the client.
+        Without a :attr:`client_transform`, ``activations`` themselves.
+        """
+        return activations if self.client_transform is None else self.client_transform.bound(activations)
 
     def receive_up(self, client: int = 0) -> tuple[Activation, Tensor]:
         """Server of a client in another process: the activations and labels that client sent up."""

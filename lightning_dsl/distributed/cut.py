@@ -55,8 +55,11 @@ class WireCut(Cut):
 
     @classmethod
     def replacing(cls, cut: Cut, is_server: bool, evaluator: bool = True) -> WireCut:
-        """A wire cut with ``cut``'s codecs and byte counts; its :attr:`transport` is set once the group exists."""
-        return cls(cut.codec, cut.grad_codec, cut.traffic, cut.client_traffic, is_server, evaluator)
+        """A wire cut with ``cut``'s codecs, client transform and byte counts; its :attr:`transport` is set later."""
+        transform = cut.client_transform
+        return cls(
+            cut.codec, cut.grad_codec, cut.traffic, cut.client_traffic, is_server, evaluator, client_transform=transform
+        )
 
     def deliver(self, client: int, message: Message) -> None:
         """Server: a ``BATCH`` from ``client`` that was received already; the next :meth:`receive_up` takes it."""

@@ -1,7 +1,7 @@
 """Every YAML under ``configs/`` parses through the real CLI, resolves to what it says, and trains a few batches.
 
 The files under ``configs/paper/`` are overlays on ``configs/cifar10_resnet110.yaml``, those under
-``configs/clients/`` on ``configs/quickstart.yaml`` (their headers say so).
+``configs/clients/`` and ``configs/privacy/`` on ``configs/quickstart.yaml`` (their headers say so).
 """
 
 from __future__ import annotations
@@ -20,14 +20,24 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.cli import main
 from lightning_dsl.data import CIFARDataModule, DigitsDataModule, TextDataModule
+from lightning_dsl.privacy import CutPrivacy
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 BASE = CONFIGS / "cifar10_resnet110.yaml"
 ALL_CONFIGS = (
-    sorted(CONFIGS.glob("*.yaml")) + sorted(CONFIGS.glob("paper/*.yaml")) + sorted(CONFIGS.glob("clients/*.yaml"))
+    sorted(CONFIGS.glob("*.yaml"))
+    + sorted(CONFIGS.glob("paper/*.yaml"))
+    + sorted(CONFIGS.glob("clients/*.yaml"))
+    + sorted(CONFIGS.glob("privacy/*.yaml"))
 )
-OVERLAY_BASES = {"paper": BASE, "clients": CONFIGS / "quickstart.yaml"}
+OVERLAY_BASES = {"paper": BASE, "clients": CONFIGS / "quickstart.yaml", "privacy": CONFIGS / "quickstart.yaml"}
+# What each defense overlay adds to a run's summary.json.
+PRIVACY_SUMMARY = {
+    "privacy/noise.yaml": "privacy/epsilon",
+    "privacy/label_dp.yaml": "privacy/label_epsilon",
+    "privacy/nopeek.yaml": None,
+}
 
 
 def name(config: Path) -> str:
@@ -69,6 +79,9 @@ def test_every_config_is_covered() -> None:
         "clients/iid.yaml",
         "clients/dirichlet.yaml",
         "clients/sequential.yaml",
+        "privacy/noise.yaml",
+        "privacy/nopeek.yaml",
+        "privacy/label_dp.yaml",
         "sst2_transformer.yaml",
     }
 
@@ -258,13 +271,18 @@ def is_text(config: Path) -> bool:
     return name(config).startswith("sst2")
 
 
+def on_digits(config: Path) -> bool:
+    """The quickstart and its overlays: the digits ship with scikit-learn."""
+    return name(config) == "quickstart.yaml" or name(config).startswith(("clients/", "privacy/"))
+
+
 def train_params() -> list[Any]:
     params = []
     for config in ALL_CONFIGS:
         marks: list[Any] = []
         if "cifar100" in name(config):
             marks = [pytest.mark.skip(reason="CIFAR-100 is not available offline: this config is only parsed")]
-        elif name(config) != "quickstart.yaml" and not name(config).startswith("clients/") and not is_text(config):
+        elif not on_digits(config) and not is_text(config):
             marks = [pytest.mark.shared_data]
         params.append(pytest.param(config, marks=marks, id=name(config)))
     return params
@@ -277,7 +295,7 @@ def test_config_trains_a_few_batches(
     overrides = list(FEW_BATCHES) + [f"--trainer.default_root_dir={in_tmp / 'runs'}"]
     if is_text(config):
         overrides += [f"--data.init_args.root={tiny_sst2(in_tmp / 'sst2')}", "--data.init_args.batch_size=8"]
-    elif name(config) != "quickstart.yaml" and not name(config).startswith("clients/"):
+    elif not on_digits(config):
         root = request.getfixturevalue("cifar10_jpg_mini")
         overrides += [*TINY_CIFAR, f"--data.init_args.root={root}"]
     initial = parse(config, *overrides).model.state_dict()  # the same seed_everything: the same initial weights
@@ -305,6 +323,8 @@ def test_config_trains_a_few_batches(
     run_dir = in_tmp / "runs" / "csv" / "version_0"
     assert {"metrics.csv", "config.yaml", "summary.json"} <= {p.name for p in run_dir.iterdir()}
     summary = json.loads((run_dir / "summary.json").read_text())
+    if PRIVACY_SUMMARY.get(name(config)):  # a defense's budget reaches the summary
+        assert summary[PRIVACY_SUMMARY[name(config)]] > 0
     assert (summary["mode"], summary["split_index"], summary["batches"]) == (model.mode, model.split_index, 2)
     assert 0.0 <= summary["val/acc"] <= 1.0 and 0.0 <= summary["val/aux_acc"] <= 1.0
     assert summary["comm/total_bytes_up"] > 0
@@ -319,3 +339,17 @@ def test_the_text_network_takes_its_vocabulary_and_positions_from_the_data(in_tm
     embeddings = cli.model.client[0]
     assert (embeddings.tokens.num_embeddings, embeddings.positions.num_embeddings) == (500, 32)
     assert cli.config["model"]["init_args"]["network"]["init_args"]["max_length"] == 32
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ("noise.yaml", CutPrivacy(clip_norm=23.0, noise_multiplier=1.0, delta=1e-5)),
+        ("nopeek.yaml", CutPrivacy(nopeek_weight=0.5)),
+        ("label_dp.yaml", CutPrivacy(label_epsilon=2.0)),
+    ],
+)
+def test_the_defense_overlays_set_the_privacy_argument(in_tmp: Path, overlay: str, expected: CutPrivacy) -> None:
+    cli = parse(CONFIGS / "privacy" / overlay, "--model.init_args.mode=sl")
+    assert cli.model.privacy == expected
+    assert cli.model.mode == "sl"

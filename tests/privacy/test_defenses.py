@@ -247,3 +247,15 @@ def test_dsl_client_update_is_bit_exact_without_the_mechanism() -> None:
         strict=True,
     ):
         assert torch.equal(p, q)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_mechanism_draws_on_the_activations_device() -> None:
+    """On a GPU the noise and the labels come from a generator on that device (no host round trip)."""
+    z, labels = activations().float().cuda(), (torch.arange(B) % K).cuda()
+    cut = Cut(client_transform=CutPrivacy(clip_norm=2.0, noise_multiplier=1.0, label_epsilon=1.0, seed=0).mechanism(K))
+    received, sent = cut.send_up(z, labels)
+    assert received.device == z.device and sent.device == labels.device
+    noise = (received - clip_per_sample(z, 2.0)).flatten()
+    assert abs(noise.std().item() - 2.0) < 5 * 2.0 / math.sqrt(2 * noise.numel())

@@ -79,7 +79,7 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
     if module._trainer is not None and module.trainer.is_last_batch and privacy is not None:
         # Each training sample was sent once more this epoch: the budgets after current_epoch + 1 releases.
         for key, value in privacy.budgets(module.current_epoch + 1).items():
-            module.log(key, value, on_step=False, on_epoch=True)
+            module.log(key, value, on_step=False, on_epoch=True, batch_size=1)  # a figure, not a batch mean
     if module._trainer is not None and module.trainer.is_last_batch:
         # Before validation: the clients' upload and the average, when this epoch closes a FedAvg round.
         pair = (module.client, module.aux_head)

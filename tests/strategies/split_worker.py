@@ -8,7 +8,8 @@ Options: ``mode``, ``epochs``, ``batches`` (per epoch), ``clients`` (in-process 
 that process SIGKILLs itself before its b-th training batch), ``ckpt`` (resume from this path),
 ``codec``, ``server_order``, ``mode_by_rank`` (``{"1": "sl"}``: another mode on that rank), ``sleep``
 (``{"server": 0.3}``: that process sleeps after each training batch), ``text`` (a small text transformer
-on a few made-up sentences instead: padded sequences and their mask cross the cut).
+on a few made-up sentences instead: padded sequences and their mask cross the cut), ``privacy`` (a dict of
+:class:`~lightning_dsl.privacy.CutPrivacy`'s fields).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main(options: dict[str, Any]) -> None:
         split_index=2,
         mode=options.get("mode_by_rank", {}).get(str(rank), options.get("mode", "dsl")),
         codec=options.get("codec", "none"),
+        privacy=options.get("privacy"),  # a dict of CutPrivacy's fields
         num_clients=clients if in_process else 1,
         num_classes=2 if options.get("text") else 10,
     )

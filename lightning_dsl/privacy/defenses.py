@@ -154,10 +154,11 @@ def clip_per_sample(values: Tensor, clip_norm: float) -> Tensor:
         tensor([[0.6000, 0.8000],
                 [0.3000, 0.4000]])
     """
-    norms = values.detach().flatten(1).norm(dim=1) if values.dim() > 1 else values.detach().abs()
-    # The factor's gradient flows through the norm (recomputed with the graph), as a clip's does.
-    live = values.flatten(1).norm(dim=1) if values.dim() > 1 else values.abs()
-    factor = torch.where(norms > clip_norm, clip_norm / live.clamp_min(torch.finfo(live.dtype).tiny), 1.0)
+    # In float32 at least: a half-precision sum of squares overflows above a norm of 256. The factor's gradient
+    # flows through the norm, as a clip's does.
+    wide = values if values.dtype in (torch.float32, torch.float64) else values.float()
+    norms = wide.flatten(1).norm(dim=1) if values.dim() > 1 else wide.abs()
+    factor = torch.where(norms > clip_norm, clip_norm / norms.clamp_min(torch.finfo(norms.dtype).tiny), 1.0)
     return values * factor.to(values.dtype).reshape(-1, *([1] * (values.dim() - 1)))
 
 

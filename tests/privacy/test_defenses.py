@@ -259,3 +259,11 @@ def test_the_mechanism_draws_on_the_activations_device() -> None:
     assert received.device == z.device and sent.device == labels.device
     noise = (received - clip_per_sample(z, 2.0)).flatten()
     assert abs(noise.std().item() - 2.0) < 5 * 2.0 / math.sqrt(2 * noise.numel())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_clip_of_half_precision_activations_measures_norms_in_float32(dtype: torch.dtype) -> None:
+    z = torch.full((2, 4096), 8.0, dtype=dtype)  # norm 512: its sum of squares overflows float16
+    clipped = clip_per_sample(z, 100.0)
+    assert clipped.dtype == dtype
+    torch.testing.assert_close(clipped.float().norm(dim=1), torch.full((2,), 100.0), rtol=1e-2, atol=0)

@@ -11,8 +11,11 @@ Rényi divergence of order α is exactly ``E · α / (2σ²)``, converted to (ε
 labels are drawn afresh every time they are sent, so ``E`` epochs compose to ``E · ε_label`` (basic
 composition, which is tight for pure DP in the worst case).
 
-Both budgets are per training sample; an evaluation sample is sent once per evaluation pass through the
-same mechanisms, so its budget is the same formula with the number of passes it went through.
+The activations' ε assumes each sample's activation depends on that sample alone: BatchNorm in training
+mode on the client ties the samples of a batch together through its statistics, which no per-sample clip
+bounds (see ``docs/privacy.md``). Both budgets are per training sample; an evaluation sample is sent once
+per evaluation pass through the same mechanisms, so its budget is the same formula with the number of
+passes it went through.
 """
 
 from __future__ import annotations

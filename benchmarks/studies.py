@@ -78,6 +78,43 @@ def _clients(mode: str, clients: int, partition: str, schedule: str = "parallel"
     return Variant(f"{mode}_{tag}", mode, tuple(overrides), label, pair=f"sl_{tag}" if mode == "dsl" else "")
 
 
+# The defenses study's clipping norm at ResNet-20's shallow cut: the median per-sample L2 norm of the initial
+# client half's activations on the CPU protocol (seed 0, 10 batches of 128, training mode), measured with
+#   python benchmarks/clip_norm.py --config configs/cifar10_resnet110.yaml --config configs/paper/cpu.yaml \
+#       --model.init_args.split_index=shallow --data.init_args.root=data/cifar10-jpg
+# (quartiles 169 and 251; 204.6 rounded to 3 digits).
+DEFENSE_CLIP_NORM = 205.0
+
+
+def _defense(mode: str, tag: str, label: str, **privacy: float) -> Variant:
+    """An arm of the defenses study: ``privacy`` are CutPrivacy fields; the dsl arm names the sl arm of its defense."""
+    overrides = [
+        *(DSL.overrides if mode == "dsl" else ()),
+        *(f"--model.init_args.privacy.{k}={v}" for k, v in privacy.items()),
+    ]
+    return Variant(
+        f"{mode}_{tag}", mode, tuple(overrides), f"{mode}, {label}", pair=f"sl_{tag}" if mode == "dsl" else ""
+    )
+
+
+def _defenses(mode: str) -> list[Variant]:
+    tag = lambda value: str(value).replace(".", "p")  # noqa: E731
+    return [
+        *[_defense(mode, f"nopeek{tag(a)}", f"NoPeek α={a}", nopeek_weight=a) for a in (0.1, 0.5, 1.0, 2.0)],
+        *[
+            _defense(
+                mode,
+                f"noise{tag(s)}",
+                f"noise σ={s}, C={DEFENSE_CLIP_NORM:g}",
+                clip_norm=DEFENSE_CLIP_NORM,
+                noise_multiplier=s,
+            )
+            for s in (0.5, 1.0, 2.0)
+        ],
+        *[_defense(mode, f"labels{tag(e)}", f"labels ε={e}", label_epsilon=e) for e in (1.0, 2.0, 4.0)],
+    ]
+
+
 DSL_POOL2 = _head("dsl_pool2", "linear", "dsl, linear head (pool 2)", pool=2)
 DSL_MLP = _head("dsl_mlp", "mlp", "dsl, mlp head")
 DSL_TEXT = Variant(DSL.name, DSL.mode, DSL.overrides, "dsl, linear head (masked mean)", pair="sl")
@@ -134,6 +171,12 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
     "text_codecs": (
         ("middle",),
         (SL, DSL_TEXT, replace(_codec("dsl", "fp16"), pair="sl"), replace(_codec("dsl", "int8"), pair="sl")),
+    ),
+    # Defenses at the shallow cut, sl and dsl: undefended; NoPeek; the Gaussian mechanism (C measured above);
+    # randomized labels. Accuracy against leakage (privacy/dcor, with the LeakageMonitor on) and the budgets.
+    "defenses": (
+        ("shallow",),
+        (SL, Variant(DSL.name, DSL.mode, DSL.overrides, DSL.label, pair="sl"), *_defenses("sl"), *_defenses("dsl")),
     ),
     # The same recipe without the learning-rate schedule (constant lr 0.1), as the issue's first measurement.
     "recipe": (
@@ -236,6 +279,18 @@ REPORTS: dict[str, StudyReport] = {
     ),
 }
 REPORTS["text_codecs"] = REPORTS["text"]
+# The defenses: both accuracies, the leakage (dCor of the validation inputs and activations) and the budgets.
+REPORTS["defenses"] = StudyReport(
+    figures={
+        "val/acc": "test acc (split network)",
+        "val/aux_acc": "test acc (client + aux head)",
+        "privacy/dcor": "dCor(x, z)",
+        "privacy/epsilon": "ε (activations, δ=1e-5)",
+        "privacy/label_epsilon": "ε (labels)",
+        "seconds_per_epoch": "s / epoch",
+    },
+    ratios={},
+)
 
 
 def report_of(study: str) -> StudyReport:

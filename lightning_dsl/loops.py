@@ -11,6 +11,11 @@ Across processes (``strategy="split"``) each side runs its part: a client its ha
 the rest on what arrives (:class:`~lightning_dsl.core.cut.Arrival`). The functions take the module (typed
 ``Any``: this file is the module's collaborator and must not import it) and use only its documented
 attributes, its ``criterion`` and Lightning's ``log``, ``optimizers`` and ``manual_backward``.
+
+With ``privacy`` (:class:`~lightning_dsl.privacy.CutPrivacy`), the cut's client transform does the clipping,
+noise and randomized labels; the training step adds NoPeek's term to the client's objective
+(``train/nopeek_penalty``), and each epoch's last batch logs the budgets spent so far (``privacy/epsilon``,
+``privacy/label_epsilon``: the epochs trained, this one included).
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
     """One split step per client batch, in client order (see :func:`lightning_dsl.core.step.split_step`)."""
     *client_optimizers, server_optimizer = module.optimizers()
     window = _accumulation_window(module, batch_idx)
+    privacy = getattr(module, "privacy", None)
+    regularizer = privacy.regularizer() if privacy is not None else None
     outs: list[StepOutput] = []
     for index, inputs, labels, feedback in _step_entries(module, batch):
         client, aux_head = module.clients.enter(index, (module.client, module.aux_head), module.cut)
@@ -55,17 +62,24 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
             zero_grad=window.zero_grad,
             step_optimizers=window.step,
             loss_scale=window.loss_scale,
+            client_regularizer=regularizer,
         )
         module.clients.trained(index, len(out.labels))
         if out.logits is not None:
             module.train_acc(out.logits, out.labels)
         if module.num_clients > 1 and out.aux_loss is not None:
             module.log(f"train/aux_loss/client{index}", out.aux_loss, batch_size=len(out.labels))
+        if out.client_penalty is not None:
+            module.log("train/nopeek_penalty", out.client_penalty, batch_size=len(out.labels))
         outs.append(out)
     module.batches_trained += 1
     logged = _log_training(module, outs)
     if module.scheduler_interval == "step" and window.step:
         module._step_schedulers()
+    if module._trainer is not None and module.trainer.is_last_batch and privacy is not None:
+        # Each training sample was sent once more this epoch: the budgets after current_epoch + 1 releases.
+        for key, value in privacy.budgets(module.current_epoch + 1).items():
+            module.log(key, value, on_step=False, on_epoch=True, batch_size=1)  # a figure, not a batch mean
     if module._trainer is not None and module.trainer.is_last_batch:
         # Before validation: the clients' upload and the average, when this epoch closes a FedAvg round.
         pair = (module.client, module.aux_head)
@@ -98,7 +112,10 @@ def _step_entries(module: Any, batch: Any) -> Iterator[tuple[int, Activation | N
             yield arrival.client, None, None, 1.0 if arrival.reply else None
         return
     batches = client_batches(batch, module.num_clients, module.client_schedule)
+    transform = module.cut.client_transform
     for _, _, labels in batches:  # every client's labels, before any parameter changes
+        if transform is not None and hasattr(transform, "check_labels"):
+            transform.check_labels(labels)  # label privacy names its own field
         module.config.check_labels(labels)
     feedback = module.feedback_weight_at(module.batches_trained)
     for index, inputs, labels in batches:

@@ -34,6 +34,7 @@ from lightning_dsl.core.phases import PhaseHook, PhaseHooks
 from lightning_dsl.core.sequence import values_of
 from lightning_dsl.core.split import named_cuts, split_network
 from lightning_dsl.models.registry import resolve_network
+from lightning_dsl.privacy.defenses import CutPrivacy
 from lightning_dsl.strategies import SplitStrategy  # noqa: F401 (registers strategy="split")
 
 __all__ = ["CLIP_ALGORITHMS", "MODES", "DecoupledSplitModule", "default_optimizer"]
@@ -103,6 +104,11 @@ class DecoupledSplitModule(LightningModule):
             forward per client and evaluation batch (with 10 clients at ResNet-20's shallow cut about as
             much as the epoch's training), so it grows with the clients: ``None`` (default) does it with up
             to 10 clients and not above; ``True`` always; ``False`` evaluates the aggregate only.
+        privacy: a :class:`~lightning_dsl.privacy.CutPrivacy`: the client clips each sample's activation and
+            adds Gaussian noise to what it sends up (``privacy/epsilon`` logged every epoch), randomizes the
+            labels it sends (``privacy/label_epsilon``) and/or adds NoPeek's ``α · dCor(x, z)`` to its objective;
+            applied on the client before the codec, to every batch sent up. ``None`` (default): none of it.
+            From the CLI: ``--model.init_args.privacy.noise_multiplier=1.0``; a dict of its fields works too.
 
     Example::
 
@@ -143,6 +149,7 @@ class DecoupledSplitModule(LightningModule):
         gradient_clip_algorithm: str = "norm",
         accumulate_grad_batches: int = 1,
         predict_aux_logits: bool = False,
+        privacy: CutPrivacy | None = None,
     ) -> None:
         super().__init__()
         ignore = [n for n, v in (("network", network), ("aux_head", aux_head)) if isinstance(v, nn.Module)]
@@ -152,6 +159,9 @@ class DecoupledSplitModule(LightningModule):
         # config.yaml records them; load_from_checkpoint() takes them as keyword arguments.
         ignore += ["client_optimizer", "server_optimizer", "client_lr_scheduler", "server_lr_scheduler"]
         self.save_hyperparameters(ignore=ignore + glue.fixed_by_subclass(self, inspect.currentframe()))
+        self.privacy = CutPrivacy.coerce(privacy)
+        if "privacy" in self.hparams and self.privacy is not None:  # plain values: checkpoints load weights_only
+            self.hparams["privacy"] = self.privacy.as_dict()
         self.automatic_optimization = False
 
         self.config = config = RunConfig.check(
@@ -189,7 +199,8 @@ class DecoupledSplitModule(LightningModule):
         # The clients' own halves and heads (parallel, N > 1) and their rounds; self.client / self.aux_head are
         # the aggregate (or the one shared half and head).
         self.clients = ClientPool(num_clients, client_schedule, aggregate_every)
-        self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"))
+        transform = self.privacy.mechanism(num_classes) if self.privacy is not None else None
+        self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"), client_transform=transform)
 
         if split_index is None:
             raise ValueError(

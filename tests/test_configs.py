@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning_dsl import DecoupledSplitModule
 from lightning_dsl.cli import main
 from lightning_dsl.data import CIFARDataModule, DigitsDataModule, TextDataModule
+from lightning_dsl.privacy import CutPrivacy
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -31,6 +32,12 @@ ALL_CONFIGS = (
     + sorted(CONFIGS.glob("privacy/*.yaml"))
 )
 OVERLAY_BASES = {"paper": BASE, "clients": CONFIGS / "quickstart.yaml", "privacy": CONFIGS / "quickstart.yaml"}
+# What each defense overlay adds to a run's summary.json.
+PRIVACY_SUMMARY = {
+    "privacy/noise.yaml": "privacy/epsilon",
+    "privacy/label_dp.yaml": "privacy/label_epsilon",
+    "privacy/nopeek.yaml": None,
+}
 
 
 def name(config: Path) -> str:
@@ -73,6 +80,9 @@ def test_every_config_is_covered() -> None:
         "clients/dirichlet.yaml",
         "clients/sequential.yaml",
         "privacy/fsha.yaml",
+        "privacy/noise.yaml",
+        "privacy/nopeek.yaml",
+        "privacy/label_dp.yaml",
         "sst2_transformer.yaml",
     }
 
@@ -314,8 +324,10 @@ def test_config_trains_a_few_batches(
     run_dir = in_tmp / "runs" / "csv" / "version_0"
     assert {"metrics.csv", "config.yaml", "summary.json"} <= {p.name for p in run_dir.iterdir()}
     summary = json.loads((run_dir / "summary.json").read_text())
-    if name(config).startswith("privacy/"):  # the attack's figures reach the summary
+    if name(config) == "privacy/fsha.yaml":  # the attack's figures reach the summary
         assert summary["privacy/fsha_mse"] > 0 and summary["privacy/fsha_baseline_mse"] > 0
+    if PRIVACY_SUMMARY.get(name(config)):  # a defense's budget reaches the summary
+        assert summary[PRIVACY_SUMMARY[name(config)]] > 0
     assert (summary["mode"], summary["split_index"], summary["batches"]) == (model.mode, model.split_index, 2)
     assert 0.0 <= summary["val/acc"] <= 1.0 and 0.0 <= summary["val/aux_acc"] <= 1.0
     assert summary["comm/total_bytes_up"] > 0
@@ -339,4 +351,17 @@ def test_the_fsha_overlay_adds_the_attack_and_keeps_the_monitors(in_tmp: Path) -
     (attack,) = [c for c in cli.trainer.callbacks if isinstance(c, FeatureSpaceHijackingAttack)]
     assert (attack.auxiliary, attack.options["gradient_penalty_weight"], attack.options["lr"]) == ("test", 100.0, 1e-4)
     assert {CommunicationMonitor, RunSummary} <= {type(c) for c in cli.trainer.callbacks}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "expected"),
+    [
+        ("noise.yaml", CutPrivacy(clip_norm=23.0, noise_multiplier=1.0, delta=1e-5)),
+        ("nopeek.yaml", CutPrivacy(nopeek_weight=0.5)),
+        ("label_dp.yaml", CutPrivacy(label_epsilon=2.0)),
+    ],
+)
+def test_the_defense_overlays_set_the_privacy_argument(in_tmp: Path, overlay: str, expected: CutPrivacy) -> None:
+    cli = parse(CONFIGS / "privacy" / overlay, "--model.init_args.mode=sl")
+    assert cli.model.privacy == expected
     assert cli.model.mode == "sl"

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 
-# Metrics copied from ``trainer.callback_metrics`` when they exist.
+# Metrics copied from ``trainer.callback_metrics`` when they exist (the privacy budgets: of the last epoch, the run's).
 METRICS = (
     "val/acc",
     "val/aux_acc",
@@ -25,6 +25,8 @@ METRICS = (
     "train/aux_loss",
     "train/acc",
     "privacy/dcor",
+    "privacy/epsilon",
+    "privacy/label_epsilon",
 )
 # Prefixes of the metrics kept per epoch in the ``history`` (the leakage monitor's dCor is measured on validation).
 HISTORY_PREFIXES = ("val/", "privacy/")

@@ -10,7 +10,7 @@ from lightning_dsl.core.codecs import (
     check_codec_dtype,
     get_codec,
 )
-from lightning_dsl.core.cut import Cut, CutTap, Parcel, Traffic
+from lightning_dsl.core.cut import ClientTransform, Cut, CutTap, Parcel, Traffic
 from lightning_dsl.core.cut_tensors import CutTensors
 from lightning_dsl.core.heads import build_aux_head, check_aux_head
 from lightning_dsl.core.split import (
@@ -28,6 +28,7 @@ from lightning_dsl.core.step import StepOutput, scale_grad, split_step
 
 __all__ = [
     "CastCodec",
+    "ClientTransform",
     "Codec",
     "Cut",
     "CutTap",

@@ -22,6 +22,9 @@ bytes. Everything that crosses is one :class:`Parcel` handed to :meth:`Cut.trans
 A :class:`CutTap` in :attr:`Cut.taps` sits on the server's side of the seam: it sees every training
 batch of activations the server trains on and may replace every gradient before it is sent down (an
 attack by a malicious server, a defense, a probe), without any change to the training step.
+A :class:`ClientTransform` in :attr:`Cut.client_transform` sits on the client's side of the seam: it
+shapes every batch the client sends up before the codec encodes it (a privacy defense: clipping and
+noise on the activations, randomized labels), without any change to the training step.
 """
 
 from __future__ import annotations
@@ -130,6 +133,40 @@ class CutTap:
         return gradient
 
 
+class ClientTransform:
+    """The client's side of the seam: what becomes of a batch after it leaves the client and before it is encoded.
+
+    Subclass it and override either method (the defaults do nothing), then pass an instance as
+    :attr:`Cut.client_transform`. :meth:`Cut.send_up` applies ``release(bound(activations), labels)`` to
+    every batch it sends (training, evaluation and prediction alike); the bytes are counted after it, so a
+    transform that keeps shapes and dtypes changes none.
+
+    * :meth:`bound` is the deterministic part, applied with autograd: where the server's gradient comes
+      back (sl, hybrid), the client's update flows through it (:meth:`Cut.bound_up`), so a clip is
+      differentiated exactly.
+    * :meth:`release` is the randomized part (noise, randomized labels), outside any graph: what it adds
+      does not depend on the client's parameters.
+
+    Example::
+
+        >>> import torch
+        >>> class Halve(ClientTransform):
+        ...     def bound(self, activations):
+        ...         return activations / 2
+        >>> cut = Cut(client_transform=Halve())
+        >>> cut.send_up(torch.ones(1, 2), torch.tensor([0]))[0]
+        tensor([[0.5000, 0.5000]])
+    """
+
+    def bound(self, activations: Activation) -> Activation:
+        """The deterministic, differentiable part (a clip); applied before :meth:`release`."""
+        return activations
+
+    def release(self, activations: Activation, labels: Tensor, client: int = 0) -> tuple[Activation, Tensor]:
+        """The randomized part: what ``client`` sends of its bounded ``activations`` and its ``labels``."""
+        return activations, labels
+
+
 PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
 
 
@@ -168,6 +205,8 @@ class Cut:
             ``"int8-channel"`` or a :class:`~lightning_dsl.core.codecs.Codec`).
         grad_codec: codec for the gradient coming down.
         taps: :class:`CutTap` instances on the server's side of the seam, run in this order.
+        client_transform: a :class:`ClientTransform` applied to every batch sent up, before its codec
+            (keyword only).
 
     Attributes:
         traffic: everything that crossed, all clients together.
@@ -187,6 +226,7 @@ class Cut:
     traffic: Traffic = field(default_factory=Traffic)
     client_traffic: dict[int, Traffic] = field(default_factory=dict)
     taps: list[CutTap] = field(default_factory=list)
+    client_transform: ClientTransform | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         self.codec = get_codec(self.codec, "codec")
@@ -212,9 +252,13 @@ class Cut:
         padding mask exact (``bool``), counted with the rest. :class:`~lightning_dsl.core.cut_tensors.CutTensors`
         (a cut inside a skip connection) sends each tensor as its own payload, named in the parcel's ``keys``:
         the floating-point ones through the codec, the others exact. ``reply``: the client will wait for this
-        batch's gradient (:meth:`receive_down`). Returns what the server receives.
+        batch's gradient (:meth:`receive_down`). The :attr:`client_transform`, if any, shapes the batch first.
+        Returns what the server receives.
         """
         assert isinstance(self.codec, Codec)
+        if self.client_transform is not None:
+            bounded = self.client_transform.bound(activations.detach())
+            activations, labels = self.client_transform.release(bounded, labels, client)
         keys: tuple[str, ...] = ()
         if isinstance(activations, CutTensors):
             payloads = [self._encoded(t.detach()) for t in activations]
@@ -226,6 +270,15 @@ class Cut:
         payloads.append(_exact(labels))
         parcel = self.transmit(Parcel("batch", tuple(payloads), keys, reply=reply), client)
         return self._arrived_up(parcel, client)
+
+    def bound_up(self, activations: Activation) -> Activation:
+        """The deterministic part of what :meth:`send_up` sends of ``activations``, with their graph.
+
+        The client's update in sl and hybrid is differentiated through this: the gradient that comes
+        down is the server loss's gradient at what was sent, whose noise does not depend on the client.
+        Without a :attr:`client_transform`, ``activations`` themselves.
+        """
+        return activations if self.client_transform is None else self.client_transform.bound(activations)
 
     def receive_up(self, client: int = 0) -> tuple[Activation, Tensor]:
         """Server of a client in another process: the activations and labels that client sent up."""

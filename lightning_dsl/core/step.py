@@ -21,6 +21,11 @@ The server shows each training batch that arrives to the cut's taps
 (:class:`~lightning_dsl.core.cut.CutTap`) before its forward, in its own phase; a tap may also replace
 the gradient the server sends down (:meth:`~lightning_dsl.core.cut.Cut.send_down`).
 
+A ``client_regularizer(inputs, z)`` adds a term of the client's own to its objective (NoPeek's
+``α · dCor(x, z)``): in the decoupled step to the auxiliary loss, with feedback to the client's whole
+objective, unweighted by ``λ``. With a :attr:`Cut.client_transform` (clipping, noise), the gradient that
+comes down is applied through the transform's deterministic part (:meth:`Cut.bound_up`).
+
 Each optimizer gets exactly one ``zero_grad``, one backward and one ``step`` per batch, and
 the client runs one forward per batch (BatchNorm statistics move once). With gradient
 accumulation (:mod:`lightning_dsl.core.accumulation`) the caller skips the ``zero_grad`` or the
@@ -51,6 +56,9 @@ class Optimizer(Protocol):
 
 
 Phase = Callable[[str], AbstractContextManager[Any]]
+
+Regularizer = Callable[[Activation, Activation], Tensor]
+"""``regularizer(inputs, z)``: a scalar the client adds to its objective (differentiable in ``z``)."""
 """``phase("client")`` / ``phase("server")`` wraps the work of one side (memory accounting hooks in here)."""
 
 
@@ -73,6 +81,7 @@ class StepOutput:
     aux_logits: Tensor | None
     labels: Tensor
     feedback: bool
+    client_penalty: Tensor | None = None
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -121,6 +130,7 @@ def split_step(
     zero_grad: bool = True,
     step_optimizers: bool = True,
     loss_scale: float = 1.0,
+    client_regularizer: Regularizer | None = None,
 ) -> StepOutput:
     """Train client, auxiliary head and server on one batch.
 
@@ -144,6 +154,8 @@ def split_step(
         loss_scale: factor on each loss before its backward (``1 / k`` when accumulating ``k``
             batches). The gradient sent down stays the gradient of the server's unscaled loss, so
             what crosses the cut does not depend on the accumulation.
+        client_regularizer: ``regularizer(inputs, z)``, a term added to the client's objective (scaled by
+            ``loss_scale`` like the rest); its value is returned as ``client_penalty``.
     """
     step = _Step(
         client,
@@ -159,6 +171,7 @@ def split_step(
         zero_grad,
         step_optimizers,
         loss_scale,
+        client_regularizer,
     )
     if feedback_weight is None:
         return step.decoupled(inputs, labels)
@@ -182,6 +195,7 @@ class _Step:
     zero_grad: bool = True
     step_optimizers: bool = True
     loss_scale: float = 1.0
+    client_regularizer: Regularizer | None = None
 
     def _zero_grad(self, optimizer: Optimizer) -> None:
         if self.zero_grad:
@@ -194,6 +208,9 @@ class _Step:
     def _scaled(self, loss: Tensor) -> Tensor:
         return loss if self.loss_scale == 1.0 else loss * self.loss_scale
 
+    def _penalty(self, inputs: Activation, z: Activation) -> Tensor | None:
+        return None if self.client_regularizer is None else self.client_regularizer(inputs, z)
+
     @property
     def runs_client(self) -> bool:
         return "client" in self.cut.sides
@@ -204,7 +221,7 @@ class _Step:
 
     def decoupled(self, inputs: Activation | None, labels: Tensor | None) -> StepOutput:
         """Client on its auxiliary loss, finished before the server starts; nothing comes down."""
-        aux_loss = aux_logits = loss = logits = arrived = None
+        aux_loss = aux_logits = loss = logits = arrived = penalty = None
         if self.runs_client:
             assert inputs is not None and labels is not None
             with self.phase("client"):
@@ -212,7 +229,9 @@ class _Step:
                 z = self.client(inputs)
                 aux_logits = self.aux_head(head_input(z))  # several tensors at the cut: the named module's output
                 aux_loss = self.criterion(aux_logits, labels)
-                self.backward(self._scaled(aux_loss))  # frees the client's graph: nothing of it is alive afterwards
+                penalty = self._penalty(inputs, z)
+                objective = aux_loss if penalty is None else aux_loss + penalty
+                self.backward(self._scaled(objective))  # frees the client's graph: nothing of it is alive afterwards
                 self._step(self.client_optimizer)
                 arrived = self.cut.send_up(z.detach(), labels, self.client_index)
                 del z
@@ -220,11 +239,11 @@ class _Step:
             arrived = arrived or self.cut.receive_up(self.client_index)
             loss, logits, _ = self._server(*arrived, feedback=False)
         assert arrived is not None
-        return _output(loss, aux_loss, logits, aux_logits, arrived[1], False)
+        return _output(loss, aux_loss, logits, aux_logits, arrived[1], False, penalty)
 
     def with_feedback(self, inputs: Activation | None, labels: Tensor | None, weight: float) -> StepOutput:
         """Server first; its gradient at the cut comes down and weighs ``weight`` in the client's update."""
-        aux_loss = aux_logits = loss = logits = arrived = gradient = None
+        aux_loss = aux_logits = loss = logits = arrived = gradient = penalty = None
         if self.runs_client:
             assert inputs is not None and labels is not None
             with self.phase("client"):
@@ -234,6 +253,7 @@ class _Step:
                 # update is (1 - λ). At λ = 1 the head sees z.detach(): a probe that cannot touch the client.
                 aux_logits = self.aux_head(head_input(scale_grad(z, 1.0 - weight)))
                 aux_loss = self.criterion(aux_logits, labels)
+                penalty = self._penalty(inputs, z)
                 arrived = self.cut.send_up(z.detach(), labels, self.client_index, reply=True)
         if self.runs_server:
             arrived = arrived or self.cut.receive_up(self.client_index)
@@ -245,15 +265,17 @@ class _Step:
                 gradients = (gradient,) if isinstance(gradient, Tensor) else gradient
                 # One backward for both terms: d/dz of sum(z * g) is exactly g, so the client receives
                 # λ ∇_z(server loss) plus (1 - λ) ∇(aux loss) through the scaled branch; with several tensors
-                # at the cut, each one's gradient through its own term.
+                # at the cut, each one's gradient through its own term. The gradient is the server's at what was
+                # sent: it reaches z through the client transform's clip (bound_up).
                 terms = [
                     (t * (g.detach() if weight == 1.0 else weight * g.detach())).sum()
-                    for t, g in zip(grad_tensors(z), gradients, strict=True)
+                    for t, g in zip(grad_tensors(self.cut.bound_up(z)), gradients, strict=True)
                 ]
-                self.backward(self._scaled(aux_loss + (terms[0] if len(terms) == 1 else torch.stack(terms).sum())))
+                objective = aux_loss + (terms[0] if len(terms) == 1 else torch.stack(terms).sum())
+                self.backward(self._scaled(objective if penalty is None else objective + penalty))
                 self._step(self.client_optimizer)
         assert arrived is not None
-        return _output(loss, aux_loss, logits, aux_logits, arrived[1], True)
+        return _output(loss, aux_loss, logits, aux_logits, arrived[1], True, penalty)
 
     def _server(self, z_up: Activation, labels_up: Tensor, feedback: bool) -> tuple[Tensor, Tensor, Gradient | None]:
         """The server's step on what arrived; with ``feedback`` the gradient at the cut is sent down (and returned)."""
@@ -286,8 +308,11 @@ def _output(
     aux_logits: Tensor | None,
     labels: Tensor,
     feedback: bool,
+    penalty: Tensor | None = None,
 ) -> StepOutput:
     def detached(tensor: Tensor | None) -> Tensor | None:
         return None if tensor is None else tensor.detach()
 
-    return StepOutput(detached(loss), detached(aux_loss), detached(logits), detached(aux_logits), labels, feedback)
+    return StepOutput(
+        detached(loss), detached(aux_loss), detached(logits), detached(aux_logits), labels, feedback, detached(penalty)
+    )

@@ -55,13 +55,14 @@ class WireCut(Cut):
 
     @classmethod
     def replacing(cls, cut: Cut, is_server: bool, evaluator: bool = True) -> WireCut:
-        """A wire cut with ``cut``'s codecs, byte counts and taps; :attr:`transport` is set once the group exists."""
+        """A wire cut with ``cut``'s codecs, byte counts, taps and client transform; its transport is set later."""
         return cls(
             codec=cut.codec,
             grad_codec=cut.grad_codec,
             traffic=cut.traffic,
             client_traffic=cut.client_traffic,
             taps=cut.taps,
+            client_transform=cut.client_transform,
             is_server=is_server,
             evaluator=evaluator,
         )

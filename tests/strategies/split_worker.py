@@ -9,7 +9,8 @@ that process SIGKILLs itself before its b-th training batch), ``ckpt`` (resume f
 ``codec``, ``server_order``, ``mode_by_rank`` (``{"1": "sl"}``: another mode on that rank), ``sleep``
 (``{"server": 0.3}``: that process sleeps after each training batch), ``text`` (a small text transformer
 on a few made-up sentences instead: padded sequences and their mask cross the cut), ``skip`` (a small U-Net
-cut by name inside its skip connection instead: two tensors cross the cut).
+cut by name inside its skip connection instead: two tensors cross the cut), ``privacy`` (a dict of
+:class:`~lightning_dsl.privacy.CutPrivacy`'s fields).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main(options: dict[str, Any]) -> None:
         split_index=split_index,
         mode=options.get("mode_by_rank", {}).get(str(rank), options.get("mode", "dsl")),
         codec=options.get("codec", "none"),
+        privacy=options.get("privacy"),  # a dict of CutPrivacy's fields
         num_clients=clients if in_process else 1,
         num_classes=2 if options.get("text") else 10,
     )

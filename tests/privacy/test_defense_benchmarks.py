@@ -1,0 +1,58 @@
+"""The defenses' benchmark and study: the overhead script at toy size, the study's arms, the C helper."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from benchmarks import clip_norm, defense_overhead, paper  # noqa: E402
+from benchmarks.studies import DEFENSE_CLIP_NORM, STUDIES  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning")
+
+
+def test_defense_overhead_at_toy_size(tmp_path: Path) -> None:
+    lines: list[str] = []
+    out = tmp_path / "overhead.json"
+    argv = ["--batch", "4", "--steps", "1", "--repeats", "2", "--dcor-batches", "4", "8", "--json", str(out)]
+    results = defense_overhead.main(argv, report=lines.append)
+    assert set(results["arms"]) == {"undefended", "noise", "labels", "nopeek", "all"}
+    assert results["arms"]["undefended"]["ratio"] == {"median": 1.0, "min": 1.0, "max": 1.0}
+    assert results["z_shape"] == [16, 32, 32]  # ResNet-20's shallow cut
+    assert set(results["dcor"]) == {"4", "8"} and all(e["seconds"]["median"] > 0 for e in results["dcor"].values())
+    assert json.loads(out.read_text())["batch"] == 4
+    assert "| nopeek |" in lines[0] and "| batch 8 |" in lines[0]
+
+
+def test_the_defenses_study_runs_each_defense_in_both_modes_paired_with_sl(tmp_path: Path) -> None:
+    cuts, variants = STUDIES["defenses"]
+    assert cuts == ("shallow",)
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names)) == 2 * (1 + 4 + 3 + 3)
+    for v in variants:
+        if v.mode == "dsl":
+            assert v.pair in names and next(p for p in variants if p.name == v.pair).mode == "sl"
+    noise = next(v for v in variants if v.name == "dsl_noise0p5")
+    assert f"--model.init_args.privacy.clip_norm={DEFENSE_CLIP_NORM}" in noise.overrides
+    assert "--model.init_args.privacy.noise_multiplier=0.5" in noise.overrides
+    args = argparse.Namespace(
+        studies=["defenses"], datasets=["cifar10"], seeds=[0, 1], cuts=None, modes=list(paper.MODES), arms=None,
+        protocol="cpu", root="data/x", extra=[], dry_run=True,
+    )  # fmt: skip
+    assert len(paper.planned(args)) == 44
+    labels = next(p for p in paper.planned(args) if p[2].name == "sl_labels4p0")
+    cmd = paper.command(args, *labels, tmp_path / "run")
+    assert "--model.init_args.privacy.label_epsilon=4.0" in cmd and "--model.init_args.mode=sl" in cmd
+
+
+def test_clip_norm_measures_the_quickstart_cut(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+    figures = clip_norm.measure(["--config", str(config)], batches=2)
+    assert figures["samples"] == 2 * 64 and figures["split_index"] == 2
+    assert figures["q10"] <= figures["q50"] == figures["clip_norm"] <= figures["q90"]

@@ -272,7 +272,8 @@ def test_privacy_studies_dry_run_lists_the_fits_and_the_attacks(tmp_path: Path, 
     assert hybrid.endswith(
         "--model.init_args.mode=hybrid --model.init_args.split_index=shallow --seed_everything=0"
         " --config=configs/privacy/fsha.yaml --model.init_args.client_optimizer=torch.optim.Adam"
-        " --model.init_args.client_optimizer.lr=1e-4 --model.init_args.client_lr_scheduler=null"
+        " --model.init_args.client_optimizer.lr=1e-4 --model.init_args.client_optimizer.weight_decay=0"
+        " --model.init_args.client_lr_scheduler=null"
         " --model.init_args.feedback_every=4 --data.init_args.seed=0 --data.init_args.root=data/x"
     )
 

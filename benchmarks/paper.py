@@ -12,6 +12,11 @@ continues where it stopped, and the report can be rebuilt from the runs alone (`
     python benchmarks/paper.py --protocol cpu --report-only --studies paper heads --publish docs/results.md
     python benchmarks/paper.py --protocol cpu --studies clients --seeds 0 1  # many clients, IID and non-IID
     python benchmarks/paper.py --studies text --datasets sst2 --seeds 0 1 --out benchmarks/out/text  # transformer
+    python benchmarks/paper.py --studies privacy privacy_fsha --seeds 0 1 --out benchmarks/out/privacy-cpu  # attacks
+    python benchmarks/paper.py --studies privacy_text --datasets sst2 --seeds 0 1 --out benchmarks/out/privacy-cpu
+
+A study with a step after the fit (``AFTER`` in ``benchmarks/studies.py``: the privacy studies' attack) keeps each
+run's last checkpoint and runs the step on it (``benchmarks/privacy.py``); a step whose output exists is skipped.
 """
 
 from __future__ import annotations
@@ -138,12 +143,12 @@ def sweep(args: argparse.Namespace) -> None:
     for dataset, cut, variant, seed in planned(args):
         run_dir = args.out / run_name(dataset, cut, variant.name, seed)
         step = after.get(run_dir.name)
-        cmd = command(args, dataset, cut, variant, seed, run_dir, checkpoint=step is not None)
         if (run_dir / "summary.json").exists():
             print(f"[skip] {run_dir.name}: summary.json exists", flush=True)
-            if step is not None:
-                after_fit(step, cmd, run_dir, dry_run=args.dry_run)
+            if step is not None:  # the step after the fit resumes too (the fit's command gives its arguments)
+                after_fit(step, command(args, dataset, cut, variant, seed, run_dir, True), run_dir, args.dry_run)
             continue
+        cmd = command(args, dataset, cut, variant, seed, run_dir, checkpoint=step is not None)
         print(f"[run ] {run_dir.name}: {' '.join(cmd)}", flush=True)
         if args.dry_run:
             if step is not None:

@@ -93,7 +93,7 @@ Runs = dict[tuple[str, str, str], list[dict[str, Any]]]
 INVERSION = {
     "val/acc": "test acc (split network)",
     "val/aux_acc": "test acc (client + aux head)",
-    "privacy/dcor": "dCor(x, z) (val)",
+    "privacy/dcor": "dCor(x, z) (validation)",
     "attack/mse": "MSE",
     "attack/baseline_mse": "MSE, zeros in",
     "attack/psnr": "PSNR (dB)",
@@ -114,7 +114,7 @@ DECIMALS = {"mse": 4, "psnr": 2, "ssim": 3, "dcor": 3, "fsha_mse": 4, "fsha_base
 
 def fmt(key: str, figures: list[float]) -> str:
     """Mean ± std over seeds: accuracies in %, the attacks' figures with the decimals they need."""
-    from benchmarks.report import fmt as default
+    from benchmarks.report import fmt as default  # here: benchmarks.report imports this module
     from benchmarks.report import mean_std
 
     name = key.rsplit("/", 1)[-1].removeprefix("baseline_")
@@ -125,8 +125,8 @@ def fmt(key: str, figures: list[float]) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if len(figures) > 1 else f"{mean:.{digits}f}"
 
 
-def _table(runs: Runs, study: str, columns: dict[str, str], extra: dict[str, Any] | None = None) -> list[str]:
-    from benchmarks.report import values
+def _table(runs: Runs, study: str, columns: dict[str, str]) -> list[str]:
+    from benchmarks.report import values  # here: benchmarks.report imports this module
 
     cuts, variants = STUDIES[study]
     dataset = PRIVACY_STUDIES[study]
@@ -197,7 +197,8 @@ def fsha_plot(runs: Runs, out: Path, plt: Any) -> list[Path]:
     if not drawn:
         plt.close(fig)
         return []
-    ax.set(title=f"FSHA on {dataset}, cut {cuts[0]}: the malicious server's MSE on private inputs", xlabel="epoch")
+    ax.set(title=f"FSHA, {dataset}, cut {cuts[0]}: the attacker's MSE on private inputs", xlabel="epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set(ylabel="pixel MSE (lower: better reconstruction)")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -227,14 +228,16 @@ GRIDS_TEXT = (
     " cut activations). The attacker is a curious server that holds the client half's weights from the run's last"
     " checkpoint (what a SplitFed server holds after FedAvg; here, a leaked checkpoint of a one-client run) and a"
     " seeded half of the CIFAR-10 test split (5,000 images nobody trained on); it trains a decoder z → x on those"
-    " auxiliary pairs (10 epochs) and never sees the private images."
+    " auxiliary pairs (10 epochs) and never sees the private images. Each grid is named"
+    " privacy_cifar10_<cut>_<arm>_s0 (arm: sl, or dsl with the linear head)."
 )
 FSHA_TEXT = (
     "FSHA: the server is malicious. It holds the CIFAR-10 test split (10,000 images nobody trained on), trains a"
     " pilot encoder, a decoder and a WGAN-GP discriminator on every batch, and sends the discriminator's gradient"
     " down instead of the task's (sl every batch, hybrid k = 4 on every 4th, dsl never: nothing goes down)."
     " fsha_mse: the decoder's pixel MSE on the client's private training inputs of each epoch; baseline: the mean"
-    " auxiliary image's. The client trains with Adam lr 1e-4 (constant) in every arm."
+    " auxiliary image's. The client trains with Adam lr 1e-4 (constant, no weight decay) in every arm. The plot:"
+    " fsha_mse per epoch (solid) and the baseline (dotted), one line per arm and seed."
 )
 TEXT_TEXT = (
     "Token probe: a curious server holding the client half's weights (the run's last checkpoint) and a seeded half"

@@ -345,3 +345,22 @@ def test_fsha_table_reads_the_history_per_epoch(tmp_path: Path) -> None:
     row = "| cifar10 | shallow | sl under FSHA | 2 | 0.0600 ± 0.0141 | 0.0300 ± 0.0141 | 0.0300 ± 0.0141 |"
     assert f"{row} 0.0600 ± 0.0000 | 40.00 ± 0.00 |" in text
     assert (tmp_path / "privacy_fsha_cifar10.png").stat().st_size > 10_000
+
+
+def test_sweep_resumes_the_attack_of_a_finished_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, list[str], bool]] = []
+    monkeypatch.setattr(
+        paper, "after_fit", lambda step, cmd, run, dry_run=False: calls.append((run.name, cmd, dry_run))
+    )
+    for name in ("cifar10-shallow-sl-s0", "cifar10-shallow-dsl_pool2-s0"):
+        write_summary(tmp_path, name, **{"val/acc": 0.5})
+    parsed = paper.main.__globals__["argparse"].Namespace(
+        studies=["privacy", "grid"], datasets=["cifar10"], seeds=[0], cuts=["shallow"], modes=list(paper.MODES),
+        arms=["sl", "dsl_pool2"], protocol="cpu", root="data/x", extra=[], dry_run=False, out=tmp_path,
+    )  # fmt: skip
+    paper.sweep(parsed)
+    # both fits are done: only the privacy run's attack runs, on the fit's own command with checkpointing on
+    assert [(name, dry) for name, _, dry in calls] == [("cifar10-shallow-sl-s0", False)]
+    overlay = paper.yaml.safe_load((tmp_path / "cifar10-shallow-sl-s0" / "runner.yaml").read_text())
+    assert overlay["trainer"]["enable_checkpointing"] is True and "--model.init_args.mode=sl" in calls[0][1]
+    assert not (tmp_path / "cifar10-shallow-dsl_pool2-s0" / "runner.yaml").exists()  # a finished run is left alone

@@ -12,6 +12,11 @@ continues where it stopped, and the report can be rebuilt from the runs alone (`
     python benchmarks/paper.py --protocol cpu --report-only --studies paper heads --publish docs/results.md
     python benchmarks/paper.py --protocol cpu --studies clients --seeds 0 1  # many clients, IID and non-IID
     python benchmarks/paper.py --studies text --datasets sst2 --seeds 0 1 --out benchmarks/out/text  # transformer
+    python benchmarks/paper.py --studies privacy privacy_fsha --seeds 0 1 --out benchmarks/out/privacy-cpu  # attacks
+    python benchmarks/paper.py --studies privacy_text --datasets sst2 --seeds 0 1 --out benchmarks/out/privacy-cpu
+
+A study with a step after the fit (``AFTER`` in ``benchmarks/studies.py``: the privacy studies' attack) keeps each
+run's last checkpoint and runs the step on it (``benchmarks/privacy.py``); a step whose output exists is skipped.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside it
+from benchmarks.privacy import after_fit  # noqa: E402
 from benchmarks.report import publish, report  # noqa: E402
-from benchmarks.studies import CUTS, DATASETS, MODES, STUDIES, Variant  # noqa: E402
+from benchmarks.studies import AFTER, CUTS, DATASETS, MODES, STUDIES, After, Variant  # noqa: E402
 
 SHARED_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 
@@ -49,7 +55,16 @@ def ensure_jpeg_copy(root: Path) -> None:
         archive.extractall(root, filter="data")
 
 
-def command(args: argparse.Namespace, dataset: str, cut: str, variant: Variant, seed: int, run_dir: Path) -> list[str]:
+def command(
+    args: argparse.Namespace,
+    dataset: str,
+    cut: str,
+    variant: Variant,
+    seed: int,
+    run_dir: Path,
+    checkpoint: bool = False,
+) -> list[str]:
+    """The fit's command line; ``checkpoint``: keep the last checkpoint (for a step after the fit)."""
     overlay = {
         "trainer": {
             "logger": [
@@ -68,7 +83,7 @@ def command(args: argparse.Namespace, dataset: str, cut: str, variant: Variant, 
                 },
             ],
             "enable_progress_bar": False,
-            "enable_checkpointing": False,
+            "enable_checkpointing": checkpoint,
             "default_root_dir": str(run_dir),
         },
         "summary": {"dirpath": str(run_dir)},
@@ -110,15 +125,34 @@ def planned(args: argparse.Namespace) -> list[tuple[str, str, Variant, int]]:
     return list(runs.values())
 
 
+def steps(args: argparse.Namespace) -> dict[str, After]:
+    """The step after the fit (:data:`~benchmarks.studies.AFTER`) of each planned run that has one, by run name."""
+    after: dict[str, After] = {}
+    for study in [s for s in args.studies if s in AFTER]:
+        cuts, variants = STUDIES[study]
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                for cut in cuts:
+                    for variant in variants:
+                        after.setdefault(run_name(dataset, cut, variant.name, seed), AFTER[study])
+    return after
+
+
 def sweep(args: argparse.Namespace) -> None:
+    after = steps(args)
     for dataset, cut, variant, seed in planned(args):
         run_dir = args.out / run_name(dataset, cut, variant.name, seed)
+        step = after.get(run_dir.name)
         if (run_dir / "summary.json").exists():
             print(f"[skip] {run_dir.name}: summary.json exists", flush=True)
+            if step is not None:  # the step after the fit resumes too (the fit's command gives its arguments)
+                after_fit(step, command(args, dataset, cut, variant, seed, run_dir, True), run_dir, args.dry_run)
             continue
-        cmd = command(args, dataset, cut, variant, seed, run_dir)
+        cmd = command(args, dataset, cut, variant, seed, run_dir, checkpoint=step is not None)
         print(f"[run ] {run_dir.name}: {' '.join(cmd)}", flush=True)
         if args.dry_run:
+            if step is not None:
+                after_fit(step, cmd, run_dir, dry_run=True)
             continue
         start = time.perf_counter()
         with open(run_dir / "stdout.log", "w") as log:
@@ -126,6 +160,8 @@ def sweep(args: argparse.Namespace) -> None:
         print(f"[done] {run_dir.name}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
         if code != 0:
             print(f"       see {run_dir / 'stdout.log'}", flush=True)
+        elif step is not None:
+            after_fit(step, cmd, run_dir)
 
 
 # ---------------------------------------------------------------------------------------------- report

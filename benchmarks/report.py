@@ -9,7 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from benchmarks.studies import CUTS, MODES, STUDIES, report_of
+from benchmarks.privacy import read_after, section
+from benchmarks.studies import CUTS, MODES, PRIVACY_STUDIES, STUDIES, report_of
 
 
 def collect(out: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
@@ -17,7 +18,7 @@ def collect(out: Path) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
     runs: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for path in sorted(out.glob("*/summary.json")):
         dataset, cut, variant, _ = path.parent.name.split("-")
-        summary = json.loads(path.read_text())
+        summary = {**json.loads(path.read_text()), **read_after(path.parent)}  # attack.json: attack/*
         epochs = max(summary.get("epochs") or 1, 1)
         for direction in ("up", "down"):
             total = summary.get(f"comm/total_bytes_{direction}")
@@ -394,6 +395,8 @@ def report(out: Path, studies: list[str]) -> tuple[str, list[Path]]:
     for study in studies:
         if study == "paper":
             text, images = paper_table(runs), paper_plots(runs, out, plt)
+        elif study in PRIVACY_STUDIES:
+            text, images = section(runs, out, plt, study)
         else:
             text, images = study_table(runs, study), study_plots(runs, out, plt, study)
             images += pairs_plot(runs, out, plt, study)

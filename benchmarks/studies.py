@@ -296,3 +296,59 @@ REPORTS["defenses"] = StudyReport(
 def report_of(study: str) -> StudyReport:
     """What ``study``'s report shows (the defaults for a study not in :data:`REPORTS`)."""
     return REPORTS.get(study, StudyReport())
+
+
+# ------------------------------------------------------------------------------------------------ privacy
+# Issue 20's study, in its own block: what a curious or a malicious server learns at the cut, in sl and dsl.
+# The studies above are untouched; the runner adds the post-fit step of AFTER, the report the tables of
+# PRIVACY_STUDIES (benchmarks/privacy.py).
+
+
+@dataclass(frozen=True)
+class After:
+    """A step the runner runs on a finished fit, in the run's directory, skipped when ``output`` exists there.
+
+    ``attack``: ``lightning-dsl attack`` with the fit's own configs and overrides on the fit's last checkpoint
+    (the runner turns checkpointing on for these runs), ``--json`` into ``output``, ``reconstructions.png`` beside
+    it (images), and ``options`` (the attack's own, e.g. ``--metrics tokens``).
+    """
+
+    step: str = "attack"
+    options: tuple[str, ...] = ()
+    output: str = "attack.json"
+
+
+# FSHA on the CPU protocol: the server turns malicious (configs/privacy/fsha.yaml: the attacker holds the test
+# split's images, trains its pilot, decoder and WGAN-GP discriminator with Adam lr 1e-4, and in sl and on hybrid's
+# feedback batches sends the discriminator's gradient down in place of the task's). The client runs on Adam lr 1e-4
+# without weight decay (as benchmarks/fsha_digits.py) at a constant rate in all three arms: against a client on
+# Adam FSHA hijacks quickly (on the digits; with SGD it did not converge in 60 epochs, PRIVACY_NOTES.md), so the
+# arms give the attacker its best case, with the same client recipe in each: the modes differ only in what comes
+# back. The server keeps the protocol's SGD and cosine schedule; 8 epochs as every CPU-protocol run.
+_FSHA = (
+    "--config=configs/privacy/fsha.yaml",
+    "--model.init_args.client_optimizer=torch.optim.Adam",
+    "--model.init_args.client_optimizer.lr=1e-4",
+    "--model.init_args.client_optimizer.weight_decay=0",
+    "--model.init_args.client_lr_scheduler=null",
+)
+FSHA_SL = Variant("fsha_sl", "sl", _FSHA, "sl under FSHA")
+FSHA_HYBRID = Variant(
+    "fsha_hybrid_k4", "hybrid", (*_FSHA, "--model.init_args.feedback_every=4"), "hybrid k=4 under FSHA"
+)
+FSHA_DSL = Variant("fsha_dsl", "dsl", (*_FSHA, *DSL.overrides), "dsl under FSHA")
+
+STUDIES.update(
+    {
+        # ResNet-20 on the CIFAR-10 JPEG copy (the CPU protocol) at the three cuts: each fit is followed by the
+        # inversion attack of a curious server on its last checkpoint (AFTER).
+        "privacy": (CUTS, (SL, DSL)),
+        # FSHA against sl, hybrid (k = 4) and dsl at the shallow cut, privacy/fsha_mse per epoch.
+        "privacy_fsha": (("shallow",), (FSHA_SL, FSHA_HYBRID, FSHA_DSL)),
+        # The text analogue (SST-2, --datasets sst2): the token probe at the text study's cuts.
+        "privacy_text": (("1", *CUTS), (SL, DSL_TEXT)),
+    }
+)
+AFTER: dict[str, After] = {"privacy": After(), "privacy_text": After(options=("--metrics", "tokens"))}
+# The privacy studies' reports (benchmarks/privacy.py) and the data set each is about.
+PRIVACY_STUDIES: dict[str, str] = {"privacy": "cifar10", "privacy_fsha": "cifar10", "privacy_text": "sst2"}

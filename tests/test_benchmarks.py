@@ -242,3 +242,125 @@ def test_fsha_digits_at_toy_size(tmp_path: Path, single_thread: None, capsys: py
     assert sl[0]["privacy/fsha_baseline_mse"] == dsl[0]["privacy/fsha_baseline_mse"] > 0  # the same private images
     printed = capsys.readouterr().out
     assert "| epoch | sl-s0 | dsl-s0 | baseline |" in printed and "\n| 1 | " in printed
+
+
+# ------------------------------------------------------------------------------------------------ privacy
+
+
+def test_privacy_studies_dry_run_lists_the_fits_and_the_attacks(tmp_path: Path, capsys: Any) -> None:
+    out = tmp_path / "out"
+    argv = ["--studies", "privacy", "privacy_fsha", "--seeds", "0", "1", "--out", str(out), "--root", "data/x"]
+    paper.main([*argv, "--dry-run"])
+    printed = capsys.readouterr().out.splitlines()
+    runs = [line for line in printed if line.startswith("[run ] ")]
+    attacks = [line for line in printed if line.startswith("[attack] ")]
+    # 3 cuts x sl, dsl x 2 seeds, each with its attack; 3 FSHA arms x 2 seeds at the shallow cut, without
+    assert len(runs) == 12 + 6 and len(attacks) == 12 and not out.exists()
+    assert not any("fsha" in line for line in attacks)
+    attack = next(line for line in attacks if "cifar10-deep-dsl-s1" in line)
+    run = out / "cifar10-deep-dsl-s1"
+    fit_args = (
+        f"--config {paper.REPO}/configs/cifar10_resnet110.yaml --config {paper.REPO}/configs/paper/cpu.yaml"
+        f" --config {run}/runner.yaml --model.init_args.mode=dsl --model.init_args.split_index=deep"
+        " --seed_everything=1 --model.init_args.aux_head=linear --data.init_args.seed=1 --data.init_args.root=data/x"
+    )
+    assert attack == (
+        f"[attack] cifar10-deep-dsl-s1: {sys.executable} -m lightning_dsl attack {fit_args}"
+        f" --ckpt_path {run}/csv/version_0/checkpoints/<the fit's last .ckpt> --json --out {run}"
+    )
+    hybrid = next(line for line in runs if "cifar10-shallow-fsha_hybrid_k4-s0" in line)
+    assert hybrid.endswith(
+        "--model.init_args.mode=hybrid --model.init_args.split_index=shallow --seed_everything=0"
+        " --config=configs/privacy/fsha.yaml --model.init_args.client_optimizer=torch.optim.Adam"
+        " --model.init_args.client_optimizer.lr=1e-4 --model.init_args.client_optimizer.weight_decay=0"
+        " --model.init_args.client_lr_scheduler=null"
+        " --model.init_args.feedback_every=4 --data.init_args.seed=0 --data.init_args.root=data/x"
+    )
+
+
+def test_privacy_runs_keep_a_checkpoint_and_the_others_do_not(tmp_path: Path) -> None:
+    args = paper.main.__globals__["argparse"].Namespace(
+        studies=["paper", "privacy_text"],
+        datasets=["sst2"],
+        seeds=[0],
+        protocol="cpu",
+        root=None,
+        extra=[],
+        dry_run=False,
+    )
+    after = paper.steps(args)
+    assert sorted(after) == [f"sst2-{c}-{a}-s0" for c in ("1", "deep", "middle", "shallow") for a in ("dsl", "sl")]
+    assert after["sst2-1-sl-s0"].options == ("--metrics", "tokens")
+    for checkpoint in (False, True):
+        run = tmp_path / f"run{checkpoint}"
+        paper.command(args, "sst2", "1", paper.STUDIES["text"][1][0], 0, run, checkpoint=checkpoint)
+        overlay = paper.yaml.safe_load((run / "runner.yaml").read_text())
+        assert overlay["trainer"]["enable_checkpointing"] is checkpoint
+
+
+def test_privacy_step_after_a_toy_fit_attacks_its_checkpoint_and_the_report_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks import privacy, studies
+
+    # The digits quickstart as a data set of the runner, at its cut after 2 units: fit 2 batches, then attack.
+    monkeypatch.setitem(paper.DATASETS, "digits", studies.Dataset("configs/quickstart.yaml"))
+    monkeypatch.setitem(studies.STUDIES, "privacy", (("2",), (studies.SL, studies.DSL)))
+    monkeypatch.setitem(studies.PRIVACY_STUDIES, "privacy", "digits")
+    args = paper.main.__globals__["argparse"].Namespace(protocol="cpu", root=None, dry_run=False)
+    args.extra = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    run = tmp_path / "digits-2-dsl-s0"
+    cmd = paper.command(args, "digits", "2", studies.DSL, 0, run, checkpoint=True)
+    assert subprocess.run(cmd, cwd=paper.REPO, capture_output=True).returncode == 0
+    step = studies.After(options=("--epochs", "1", "--private-samples", "16", "--width", "8"))
+    assert privacy.after_fit(step, cmd, run)
+    figures = json.loads((run / "attack.json").read_text())
+    assert figures["private_samples"] == 16 and figures["mode"] == "dsl" and figures["split_index"] == 2
+    assert figures["checkpoint"] == str(privacy.last_checkpoint(run)) and (run / "reconstructions.png").exists()
+    # resumable: the output exists, so the attack is not run again (a bad command would fail)
+    assert privacy.after_fit(step, ["--config", "nothing.yaml"], run)
+
+    paper.report(tmp_path, ["privacy"])
+    text = (tmp_path / "results.md").read_text()
+    summary = json.loads((run / "summary.json").read_text())
+    row = (
+        f"| digits | 2 | dsl, linear head (pool 1) | 1 | {100 * summary['val/acc']:.2f} |"
+        f" {100 * summary['val/aux_acc']:.2f} | {summary['privacy/dcor']:.3f} | {figures['mse']:.4f} |"
+        f" {figures['baseline_mse']:.4f} | {figures['psnr']:.2f} | {figures['baseline_psnr']:.2f} |"
+        f" {figures['ssim']:.3f} | {figures['baseline_ssim']:.3f} |"
+    )
+    assert row in text and "curious server" in text
+    assert (tmp_path / "privacy_digits_2_dsl_s0.png").read_bytes() == (run / "reconstructions.png").read_bytes()
+
+
+def test_fsha_table_reads_the_history_per_epoch(tmp_path: Path) -> None:
+    for seed, mses in ((0, (0.05, 0.02)), (1, (0.07, 0.04))):
+        history = [
+            {"epoch": float(e), "privacy/fsha_mse": m, "privacy/fsha_baseline_mse": 0.06} for e, m in enumerate(mses)
+        ]
+        write_summary(tmp_path, f"cifar10-shallow-fsha_sl-s{seed}", **{"val/acc": 0.4, "privacy/fsha_history": history})
+    paper.report(tmp_path, ["privacy_fsha"])
+    text = (tmp_path / "results.md").read_text()
+    assert "| fsha_mse epoch 1 | fsha_mse epoch 2 | min fsha_mse | baseline | test acc (split network) |" in text
+    row = "| cifar10 | shallow | sl under FSHA | 2 | 0.0600 ± 0.0141 | 0.0300 ± 0.0141 | 0.0300 ± 0.0141 |"
+    assert f"{row} 0.0600 ± 0.0000 | 40.00 ± 0.00 |" in text
+    assert (tmp_path / "privacy_fsha_cifar10.png").stat().st_size > 10_000
+
+
+def test_sweep_resumes_the_attack_of_a_finished_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, list[str], bool]] = []
+    monkeypatch.setattr(
+        paper, "after_fit", lambda step, cmd, run, dry_run=False: calls.append((run.name, cmd, dry_run))
+    )
+    for name in ("cifar10-shallow-sl-s0", "cifar10-shallow-dsl_pool2-s0"):
+        write_summary(tmp_path, name, **{"val/acc": 0.5})
+    parsed = paper.main.__globals__["argparse"].Namespace(
+        studies=["privacy", "grid"], datasets=["cifar10"], seeds=[0], cuts=["shallow"], modes=list(paper.MODES),
+        arms=["sl", "dsl_pool2"], protocol="cpu", root="data/x", extra=[], dry_run=False, out=tmp_path,
+    )  # fmt: skip
+    paper.sweep(parsed)
+    # both fits are done: only the privacy run's attack runs, on the fit's own command with checkpointing on
+    assert [(name, dry) for name, _, dry in calls] == [("cifar10-shallow-sl-s0", False)]
+    overlay = paper.yaml.safe_load((tmp_path / "cifar10-shallow-sl-s0" / "runner.yaml").read_text())
+    assert overlay["trainer"]["enable_checkpointing"] is True and "--model.init_args.mode=sl" in calls[0][1]
+    assert not (tmp_path / "cifar10-shallow-dsl_pool2-s0" / "runner.yaml").exists()  # a finished run is left alone

@@ -12,6 +12,7 @@ only parses the arguments and builds the model, data module and trainer (pass no
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
@@ -220,6 +221,19 @@ def main(args: list[str] | None = None, run: bool = True) -> DSLCLI:
         args=args,
         run=run,
     )
+
+
+def build(args: list[str]) -> LightningCLI:
+    """The model, data and trainer a ``fit`` with these arguments (``--config``, overrides) builds, not run.
+
+    What the commands that act on a run's network (``lightning-dsl cuts``, ``lightning-dsl attack``) start
+    from: the same classes, the same links and the same argument errors as the training CLI.
+    """
+    argv0, sys.argv = sys.argv, sys.argv[:1]  # the training CLI reads `args` only (it warns when both are given)
+    try:
+        return main(args=args, run=False)
+    finally:
+        sys.argv = argv0
 
 
 def entrypoint() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_dsl.cli import main as cli_main
+from lightning_dsl.cli import build
 from lightning_dsl.core.graph_cut import cut_segments, is_graph_half, rejoin, tensor_points
 from lightning_dsl.core.heads import HEADS, build_aux_head
 from lightning_dsl.core.sequence import MaskedSequence, example_inputs, values_of
@@ -55,11 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(arg.startswith(("--config", "--model")) for arg in rest):
         cli_parser.error("pass --config CONFIG: the config a `lightning-dsl fit` would use (overrides may follow)")
     _check(args)
-    argv0, sys.argv = sys.argv, sys.argv[:1]  # the training CLI reads `rest` only (it warns when both are given)
-    try:
-        cli = cli_main(args=rest, run=False)
-    finally:
-        sys.argv = argv0
+    cli = build(rest)
     model, data = cli.model, cli.datamodule
     shape = _input_shape(args, model, data)
     batch = args.batch_size or getattr(data, "batch_size", None)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_dsl.cli import build
 from lightning_dsl.core.sequence import MaskedSequence
 from lightning_dsl.privacy.inversion import invert_images, save_grid
 from lightning_dsl.privacy.tokens import probe_tokens
@@ -76,13 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if not any(arg.startswith(("--config", "--model")) for arg in rest):
         cli_parser.error("pass --config CONFIG: the config the `lightning-dsl fit` of the checkpoint used")
     _check(cli_parser, args)
-    from lightning_dsl.cli import main as cli_main
-
-    argv0, sys.argv = sys.argv, sys.argv[:1]  # the training CLI reads `rest` only
-    try:
-        cli = cli_main(args=rest, run=False)
-    finally:
-        sys.argv = argv0
+    cli = build(rest)
     model, data = cli.model, cli.datamodule
     checkpoint = _load_client(model, args.ckpt_path)
     data.prepare_data()

@@ -39,8 +39,6 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
     """One split step per client batch, in client order (see :func:`lightning_dsl.core.step.split_step`)."""
     *client_optimizers, server_optimizer = module.optimizers()
     window = _accumulation_window(module, batch_idx)
-    privacy = getattr(module, "privacy", None)
-    regularizer = privacy.regularizer() if privacy is not None else None
     outs: list[StepOutput] = []
     for index, inputs, labels, feedback in _step_entries(module, batch):
         client, aux_head = module.clients.enter(index, (module.client, module.aux_head), module.cut)
@@ -62,7 +60,7 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
             zero_grad=window.zero_grad,
             step_optimizers=window.step,
             loss_scale=window.loss_scale,
-            client_regularizer=regularizer,
+            client_regularizer=module.client_regularizer,
         )
         module.clients.trained(index, len(out.labels))
         if out.logits is not None:
@@ -76,11 +74,11 @@ def train_batch(module: Any, batch: Any, batch_idx: int) -> dict[str, Any]:
     logged = _log_training(module, outs)
     if module.scheduler_interval == "step" and window.step:
         module._step_schedulers()
-    if module._trainer is not None and module.trainer.is_last_batch and privacy is not None:
-        # Each training sample was sent once more this epoch: the budgets after current_epoch + 1 releases.
-        for key, value in privacy.budgets(module.current_epoch + 1).items():
-            module.log(key, value, on_step=False, on_epoch=True, batch_size=1)  # a figure, not a batch mean
     if module._trainer is not None and module.trainer.is_last_batch:
+        if module.privacy is not None:
+            # Each training sample was sent once more this epoch: the budgets after current_epoch + 1 releases.
+            for key, value in module.privacy.budgets(module.current_epoch + 1).items():
+                module.log(key, value, on_step=False, on_epoch=True, batch_size=1)  # a figure, not a batch mean
         # Before validation: the clients' upload and the average, when this epoch closes a FedAvg round.
         pair = (module.client, module.aux_head)
         module.clients.end_of_epoch(module.current_epoch, pair, module.cut, trained_shard_sizes(module))
@@ -114,9 +112,12 @@ def _step_entries(module: Any, batch: Any) -> Iterator[tuple[int, Activation | N
     batches = client_batches(batch, module.num_clients, module.client_schedule)
     transform = module.cut.client_transform
     for _, _, labels in batches:  # every client's labels, before any parameter changes
-        if transform is not None and hasattr(transform, "check_labels"):
-            transform.check_labels(labels)  # label privacy names its own field
-        module.config.check_labels(labels)
+        try:
+            module.config.check_labels(labels)
+        except ValueError:
+            if transform is not None:
+                transform.check_labels(labels)  # label privacy refuses them naming its own field
+            raise
     feedback = module.feedback_weight_at(module.batches_trained)
     for index, inputs, labels in batches:
         yield index, inputs, labels, feedback

@@ -200,6 +200,7 @@ class DecoupledSplitModule(LightningModule):
         # the aggregate (or the one shared half and head).
         self.clients = ClientPool(num_clients, client_schedule, aggregate_every)
         transform = self.privacy.mechanism(num_classes) if self.privacy is not None else None
+        self.client_regularizer = self.privacy.regularizer() if self.privacy is not None else None  # NoPeek's term
         self.cut = Cut(get_codec(codec, "codec"), get_codec(grad_codec, "grad_codec"), client_transform=transform)
 
         if split_index is None:

@@ -166,6 +166,9 @@ class ClientTransform:
         """The randomized part: what ``client`` sends of its bounded ``activations`` and its ``labels``."""
         return activations, labels
 
+    def check_labels(self, labels: Tensor) -> None:
+        """Refuse labels the transform cannot send, naming its own option (called for labels found invalid)."""
+
 
 PARCEL_KINDS = ("batch", "gradient", "state_up", "state_down")
 

@@ -11,6 +11,8 @@ directory, and is skipped when ``attack.json`` exists (an interrupted sweep resu
 * ``privacy_fsha``: ``privacy/fsha_mse`` per epoch (the malicious server's decoder on the client's private
   training inputs) against ``privacy/fsha_baseline_mse`` (the mean auxiliary image), and a plot of both.
 * ``privacy_text``: the token probe's accuracy against the most-frequent-token baseline.
+* ``defenses``: each defense's accuracies, leakage (the attack's) and budgets, the frontier and the grids
+  (``benchmarks/defenses_report.py``).
 """
 
 from __future__ import annotations
@@ -251,6 +253,10 @@ def section(runs: Runs, out: Path, plt: Any, study: str) -> tuple[str, list[Path
     if study == "privacy_fsha":
         lines, images = fsha_table(runs), fsha_plot(runs, out, plt)
         note = FSHA_TEXT
+    elif study == "defenses":
+        from benchmarks import defenses_report  # here: it reads this module's fmt and GRID
+
+        lines, images, note = defenses_report.section(runs, out, plt)
     elif study == "privacy_text":
         lines, images, note = _table(runs, study, TOKENS), [], TEXT_TEXT
     else:

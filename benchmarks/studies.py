@@ -173,7 +173,8 @@ STUDIES: dict[str, tuple[tuple[str, ...], tuple[Variant, ...]]] = {
         (SL, DSL_TEXT, replace(_codec("dsl", "fp16"), pair="sl"), replace(_codec("dsl", "int8"), pair="sl")),
     ),
     # Defenses at the shallow cut, sl and dsl: undefended; NoPeek; the Gaussian mechanism (C measured above);
-    # randomized labels. Accuracy against leakage (privacy/dcor, with the LeakageMonitor on) and the budgets.
+    # randomized labels. Each fit is attacked (AFTER): accuracy against leakage and the budgets
+    # (benchmarks/defenses_report.py).
     "defenses": (
         ("shallow",),
         (SL, Variant(DSL.name, DSL.mode, DSL.overrides, DSL.label, pair="sl"), *_defenses("sl"), *_defenses("dsl")),
@@ -279,18 +280,6 @@ REPORTS: dict[str, StudyReport] = {
     ),
 }
 REPORTS["text_codecs"] = REPORTS["text"]
-# The defenses: both accuracies, the leakage (dCor of the validation inputs and activations) and the budgets.
-REPORTS["defenses"] = StudyReport(
-    figures={
-        "val/acc": "test acc (split network)",
-        "val/aux_acc": "test acc (client + aux head)",
-        "privacy/dcor": "dCor(x, z)",
-        "privacy/epsilon": "ε (activations, δ=1e-5)",
-        "privacy/label_epsilon": "ε (labels)",
-        "seconds_per_epoch": "s / epoch",
-    },
-    ratios={},
-)
 
 
 def report_of(study: str) -> StudyReport:
@@ -349,6 +338,16 @@ STUDIES.update(
         "privacy_text": (("1", *CUTS), (SL, DSL_TEXT)),
     }
 )
-AFTER: dict[str, After] = {"privacy": After(), "privacy_text": After(options=("--metrics", "tokens"))}
+# The defenses study (above) is attacked too: its leakage figures are the attack's, on what the server receives.
+AFTER: dict[str, After] = {
+    "privacy": After(),
+    "privacy_text": After(options=("--metrics", "tokens")),
+    "defenses": After(),
+}
 # The privacy studies' reports (benchmarks/privacy.py) and the data set each is about.
-PRIVACY_STUDIES: dict[str, str] = {"privacy": "cifar10", "privacy_fsha": "cifar10", "privacy_text": "sst2"}
+PRIVACY_STUDIES: dict[str, str] = {
+    "privacy": "cifar10",
+    "privacy_fsha": "cifar10",
+    "privacy_text": "sst2",
+    "defenses": "cifar10",
+}

@@ -19,6 +19,7 @@ import hashlib
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from lightning_dsl.cli import build
 from lightning_dsl.core.sequence import MaskedSequence
+from lightning_dsl.privacy.defenses import CutMechanism
 from lightning_dsl.privacy.inversion import invert_images, save_grid
 from lightning_dsl.privacy.tokens import probe_tokens
 
 USAGE = "lightning-dsl attack --config CONFIG --ckpt_path CKPT [--model.init_args.X=...] [options]"
 ATTACKS = ("inversion",)
 GRID_FILE = "reconstructions.png"
+_NOISE_SEED = 104_729  # the attacker's noise generator: --seed plus this, apart from any run's seed
 
 
 def parser() -> argparse.ArgumentParser:
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             width=args.width,
             seed=args.seed,
+            received=_received(model, args.seed),
         )
         figures = result.figures()
         grid = save_grid(result.originals, result.reconstructions, args.out / GRID_FILE)
@@ -128,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "auxiliary": aux_note,
         "private": private_note,
         "device": str(device),
+        "received": _defense_note(model),
         "reconstructions": None if grid is None else str(grid),
     }
     if args.json:
@@ -193,6 +198,31 @@ def _load_client(model: Any, path: Path) -> dict[str, Any]:
         )
     model.client.load_state_dict(saved)
     return checkpoint
+
+
+def _received(model: Any, seed: int) -> Callable[[Tensor], Tensor] | None:
+    """What the server receives of the client's activations: the run's clip and noise (``None``: no transform).
+
+    The attacker knows the defense and its parameters (they are in the config); its noise comes from its own
+    generator, seeded by ``--seed``, not from the client's.
+    """
+    transform = model.cut.client_transform
+    if transform is None:
+        return None
+    if isinstance(transform, CutMechanism):
+        transform = CutMechanism(replace(transform.privacy, seed=_NOISE_SEED + seed), transform.num_classes)
+    no_labels = torch.empty(0, dtype=torch.long)
+    return lambda z: transform.release(transform.bound(z), no_labels)[0]
+
+
+def _defense_note(model: Any) -> str:
+    privacy = getattr(model, "privacy", None)
+    if privacy is None or privacy.clip_norm is None:  # noise needs a clip
+        return "the client's activations as computed (no clip, no noise)"
+    parts = [f"clipped to L2 norm <= {privacy.clip_norm:g} per sample"] if privacy.clip_norm is not None else []
+    if privacy.noise_multiplier > 0:
+        parts.append(f"plus N(0, ({privacy.noise_multiplier:g} x {privacy.clip_norm:g})^2) per value")
+    return "the client's activations " + ", ".join(parts) + " (auxiliary and private alike)"
 
 
 def _describe(network: Any, split_index: Any) -> str:
@@ -286,6 +316,7 @@ def _table(figures: dict[str, Any], context: dict[str, Any]) -> str:
         f" checkpoint of epoch {context['checkpoint_epoch']}.",
         f"Auxiliary: {context['auxiliary']}.",
         f"Private: {context['private']}.",
+        f"Received: {context['received']}.",
         "",
     ]
     if "token_accuracy" in figures:

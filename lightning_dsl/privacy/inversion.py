@@ -120,6 +120,7 @@ def invert_images(
     width: int = 32,
     seed: int = 0,
     grid_samples: int = 8,
+    received: Callable[[Tensor], Tensor] | None = None,
 ) -> InversionReport:
     """Train the inversion decoder on ``(client(auxiliary), auxiliary)`` and reconstruct ``private``.
 
@@ -130,6 +131,11 @@ def invert_images(
     odd size that fits a smaller image) compare the reconstructions, clamped to ``[0, 1]``, with
     ``to_pixels(private)``. ``dcor`` is :func:`~lightning_dsl.privacy.distance_correlation` of the private
     inputs and their activations, per batch of ``batch_size``, averaged weighted by batch size.
+
+    With ``received`` (a defense on the client's side of the cut: clipping, noise), the server sees
+    ``received(client(x))``, not ``client(x)``: the private activations pass through it, and so do the
+    auxiliary ones (the attacker knows the mechanism and its parameters, as it knows the client's weights, and
+    trains its decoder on what it would receive); ``dcor`` is then of the inputs and what was received.
 
     Args:
         client: the client half, as the attacker holds it.
@@ -142,6 +148,8 @@ def invert_images(
         width: the decoder's width (:class:`InversionDecoder`).
         seed: seeds the decoders' initialisation and the batch order.
         grid_samples: how many private images (and reconstructions) the report keeps for a grid, evenly spaced.
+        received: what the server receives of a batch of activations (``None``: the activations themselves);
+            applied batch by batch, under ``torch.no_grad``.
 
     Raises:
         ValueError: if the inputs are token sequences or not image batches ``[N, C, H, W]`` (for text, the
@@ -171,7 +179,7 @@ def invert_images(
     start = time.perf_counter()
     device = _device_of(client, auxiliary)
     client = client.eval()
-    z_aux = _activations(client, auxiliary, batch_size, device)
+    z_aux = _activations(client, auxiliary, batch_size, device, received)
     x_aux = to_pixels(auxiliary).clamp(0.0, 1.0)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -185,7 +193,7 @@ def invert_images(
     _train(blind, None, x_aux, mean_image, permutations, batch_size, lr, device)
 
     x_private = to_pixels(private).clamp(0.0, 1.0)
-    z_private = _activations(client, private, batch_size, device)
+    z_private = _activations(client, private, batch_size, device, received)
     reconstructed = _decode(decoder, z_private, batch_size, device)
     with torch.no_grad():
         guessed = blind(torch.zeros_like(z_private[:1]).to(device)).clamp(0.0, 1.0).expand_as(reconstructed)
@@ -237,13 +245,21 @@ def _device_of(client: nn.Module, fallback: Tensor) -> torch.device:
     return parameter.device if parameter is not None else fallback.device
 
 
-def _activations(client: nn.Module, inputs: Tensor, batch_size: int, device: torch.device) -> Tensor:
+def _activations(
+    client: nn.Module,
+    inputs: Tensor,
+    batch_size: int,
+    device: torch.device,
+    received: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
     with torch.no_grad():
         parts = [client(inputs[i : i + batch_size].to(device)) for i in range(0, len(inputs), batch_size)]
-    if any(not isinstance(z, Tensor) for z in parts):
-        raise ValueError(
-            f"Expected the client to return a tensor for image inputs, but it returned {type(parts[0]).__name__}."
-        )
+        if any(not isinstance(z, Tensor) for z in parts):
+            raise ValueError(
+                f"Expected the client to return a tensor for image inputs, but it returned {type(parts[0]).__name__}."
+            )
+        if received is not None:
+            parts = [received(z) for z in parts]
     return torch.cat(parts).float()
 
 

@@ -76,6 +76,29 @@ def test_table_and_the_validation_split(
     assert "270 of the 270 samples of the val split (100 %" in printed
 
 
+def test_the_attack_sees_what_the_defended_client_sends(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], single_thread: None
+) -> None:
+    from lightning_dsl.cli import build
+    from lightning_dsl.privacy.command import _received
+
+    privacy = ["--model.init_args.privacy.clip_norm=2.0", "--model.init_args.privacy.noise_multiplier=0.5"]
+    model = build(["--config", QUICKSTART, *privacy]).model
+    z = 3.0 * torch.randn(256, 8, 4, 4)
+    received = _received(model, seed=0)
+    assert received is not None
+    clipped = model.cut.client_transform.bound(z)
+    assert float(clipped.flatten(1).norm(dim=1).max()) <= 2.0 + 1e-5
+    noise = received(z) - clipped
+    assert float(noise.std()) == pytest.approx(0.5 * 2.0, rel=0.02)  # σC per value
+    assert not torch.equal(noise, received(z) - clipped)  # fresh draws, from the attacker's own generator
+    assert _received(build(["--config", QUICKSTART]).model, seed=0) is None
+    args = ["--config", QUICKSTART, *privacy, "--ckpt_path", str(checkpoint), "--json", "--out", str(tmp_path)]
+    assert main([*args, *FAST]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert "clipped to L2 norm <= 2 per sample, plus N(0, (0.5 x 2)^2) per value" in figures["received"]
+
+
 def test_bad_input(checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["--config", QUICKSTART, "--out", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import json
 import sys
 from pathlib import Path
@@ -56,3 +57,42 @@ def test_clip_norm_measures_the_quickstart_cut(monkeypatch: pytest.MonkeyPatch, 
     figures = clip_norm.measure(["--config", str(config)], batches=2)
     assert figures["samples"] == 2 * 64 and figures["split_index"] == 2
     assert figures["q10"] <= figures["q50"] == figures["clip_norm"] <= figures["q90"]
+
+
+def test_the_defenses_report_reads_the_attacks_and_draws_the_frontier(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from benchmarks import defenses_report, report
+    from benchmarks.privacy import GRID
+
+    arms = {  # arm: (val/acc, attack PSNR, attack dCor)
+        "sl": (0.80, 20.0, 0.90),
+        "dsl": (0.75, 22.0, 0.92),
+        "sl_noise1p0": (0.40, 12.5, 0.60),
+        "dsl_noise1p0": (0.60, 12.4, 0.61),
+        "sl_nopeek1p0": (0.70, 15.0, 0.50),
+        "dsl_labels2p0": (0.30, 22.0, 0.92),
+    }
+    for name, (acc, psnr, dcor) in arms.items():
+        for seed in (0, 1):
+            run = tmp_path / f"cifar10-shallow-{name}-s{seed}"
+            run.mkdir()
+            summary = {"epochs": 8, "val/acc": acc, "val/aux_acc": 0.5, "privacy/dcor": 0.95}
+            summary |= {"privacy/epsilon": 3.0} if "noise" in name else {}
+            summary |= {"privacy/label_epsilon": 16.0} if "labels" in name else {}
+            (run / "summary.json").write_text(json.dumps(summary))
+            attack = {"psnr": psnr + seed, "ssim": 0.5, "dcor": dcor, "baseline_psnr": 12.0, "mse": 0.01}
+            (run / "attack.json").write_text(json.dumps(attack))
+            Image.new("RGB", (8 * 34 + 2, 2 * 34 + 2), (seed * 50, 0, 0)).save(run / GRID)
+    markdown, images = report.report(tmp_path, ["defenses"])
+    assert "| cifar10 | shallow | sl, noise σ=1.0, C=205 | 2 | 40.00 ± 0.00 | = | 50.00 ± 0.00 | 0.950 ± 0.000 |" in markdown
+    assert "| 0.600 ± 0.000 | 13.00 ± 0.71 | 0.500 ± 0.000 | 3.0 ± 0.0 | ∞ |" in markdown  # σ: ε; no label ε
+    # The label arm's split network is scored on randomized labels; on true labels: (m - q) / (p - q).
+    p, q = defenses_report.label_keep(2.0)
+    assert p == pytest.approx(math.exp(2) / (math.exp(2) + 9)) and q == pytest.approx((1 - p) / 9)
+    assert f"| dsl, labels ε=2.0 | 2 | 30.00 ± 0.00 | {100 * (0.3 - q) / (p - q):.2f} ± 0.00 |" in markdown
+    assert [i.name for i in images] == [
+        "defenses_frontier_cifar10.png", "defenses_grids_nopeek_cifar10.png", "defenses_grids_noise_cifar10.png"
+    ]  # fmt: skip
+    assert all(i.stat().st_size > 5_000 for i in images)
+    assert defenses_report.family(STUDIES["defenses"][1][-1]) == ("labels", 4.0)

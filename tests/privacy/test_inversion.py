@@ -91,6 +91,28 @@ def test_constant_client_is_no_better_than_the_baseline(digits, single_thread) -
     assert report.baseline_mse == pytest.approx(float(((mean_image - target) ** 2).mean()), rel=0.05)
 
 
+def test_what_the_server_receives_is_what_is_attacked(digits, single_thread) -> None:  # noqa: ANN001
+    auxiliary, private, dm = digits
+    clean = invert_images(nn.Identity(), auxiliary, private, pixels(dm), **OPTIONS)
+    # Nothing received: the decoder sees zeros, as its blind twin, whatever the client computes.
+    erased = invert_images(nn.Identity(), auxiliary, private, pixels(dm), received=torch.zeros_like, **OPTIONS)
+    assert erased.psnr == pytest.approx(erased.baseline_psnr, abs=1e-3) and erased.dcor == 0.0
+    # Noise far above the signal: the attack fails, though the client is the identity.
+    generator = torch.Generator().manual_seed(0)
+    noisy = invert_images(
+        nn.Identity(),
+        auxiliary,
+        private,
+        pixels(dm),
+        received=lambda z: z + 10.0 * torch.randn(z.shape, generator=generator),
+        **OPTIONS,
+    )
+    assert noisy.psnr < min(clean.psnr - 5.0, noisy.baseline_psnr + 1.0)
+    # dCor falls less: the V-statistic of a batch of 32 high-dimensional samples is biased up (0.86 here).
+    assert noisy.dcor < clean.dcor
+    assert noisy.baseline_psnr == pytest.approx(clean.baseline_psnr, abs=1e-6)  # the baseline sees no activations
+
+
 def test_decoder_shapes() -> None:
     for z_shape, x_shape in (((16, 32, 32), (3, 32, 32)), ((32, 16, 16), (3, 32, 32)), ((64, 3, 3), (1, 8, 8))):
         assert tuple(InversionDecoder(z_shape, x_shape)(torch.zeros(2, *z_shape)).shape) == (2, *x_shape)

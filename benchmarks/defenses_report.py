@@ -192,7 +192,7 @@ def frontier_plot(found: Arms, out: Path, plt: Any) -> list[Path]:
 
 def grid_plots(found: Arms, out: Path, plt: Any, seed: int = 0) -> list[Path]:
     """Per defense that changes the activations (NoPeek, noise), the seed-``seed`` reconstructions as it grows."""
-    from benchmarks.privacy import GRID
+    from benchmarks.privacy import GRID, montage
 
     dataset, cut = PRIVACY_STUDIES[STUDY], STUDIES[STUDY][0][0]
     paths = []
@@ -201,26 +201,9 @@ def grid_plots(found: Arms, out: Path, plt: Any, seed: int = 0) -> list[Path]:
         for mode in ("sl", "dsl"):
             chosen = sorted((v for v, _ in found if v.mode == mode and family(v)[0] in ("", defense)), key=_order)
             rows += [(short_label(v), out / f"{dataset}-{cut}-{v.name}-s{seed}" / GRID) for v in chosen]
-        rows = [(label, path) for label, path in rows if path.exists()]
-        if len(rows) < 2:
-            continue
-        images = [plt.imread(path) for _, path in rows]
-        half = images[0].shape[0] // 2
-        fig, axes = plt.subplots(len(rows) + 1, 1, figsize=(8, 1.05 * (len(rows) + 1)))
-        panels = [("private images", images[0][: half + 1])] + [
-            (label, image[half:]) for (label, _), image in zip(rows, images, strict=True)
-        ]
-        for ax, (label, picture) in zip(axes, panels, strict=True):
-            ax.imshow(picture)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-        fig.suptitle(f"Reconstructions as {FAMILIES[defense]} grows (seed {seed})", fontsize=9)
-        fig.subplots_adjust(left=0.16, right=0.99, top=0.93, bottom=0.01, hspace=0.08)
-        path = out / f"{STUDY}_grids_{defense}_{dataset}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        title = f"Reconstructions as {FAMILIES[defense]} grows ({dataset}, cut {cut}, seed {seed})"
+        figure = montage(rows, title, out / f"{STUDY}_grids_{defense}_{dataset}.png", plt)
+        paths += [figure] if figure else []
     return paths
 
 

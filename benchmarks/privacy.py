@@ -18,7 +18,6 @@ directory, and is skipped when ``attack.json`` exists (an interrupted sweep resu
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -210,28 +209,104 @@ def fsha_plot(runs: Runs, out: Path, plt: Any) -> list[Path]:
     return [path]
 
 
-def grids(runs: Runs, out: Path, study: str = "privacy", seed: int = 0) -> list[Path]:
-    """Copies of the seed-``seed`` runs' ``reconstructions.png``, named by run, into ``out`` (for --publish)."""
+def grids(runs: Runs, out: Path, plt: Any, study: str = "privacy", seed: int = 0) -> list[Path]:
+    """The seed-``seed`` runs' reconstructions in one figure: the private images, then one row per cut and arm."""
     cuts, variants = STUDIES[study]
     dataset = PRIVACY_STUDIES[study]
-    copies = []
-    for cut in cuts:
-        for variant in variants:
-            source = out / f"{dataset}-{cut}-{variant.name}-s{seed}" / GRID
-            if source.exists():
-                copies.append(out / f"{study}_{dataset}_{cut}_{variant.name}_s{seed}.png")
-                shutil.copyfile(source, copies[-1])
-    return copies
+    rows = [
+        (f"{cut}, {variant.mode}", out / f"{dataset}-{cut}-{variant.name}-s{seed}" / GRID)
+        for cut in cuts
+        for variant in variants
+    ]
+    title = (
+        f"Inversion by a curious server, {dataset}: private training images, then their reconstructions (seed {seed})"
+    )
+    figure = montage(rows, title, out / f"{study}_grids_{dataset}.png", plt)
+    return [figure] if figure else []
+
+
+def leakage_plot(runs: Runs, out: Path, plt: Any, study: str) -> list[Path]:
+    """The attack's figure at each cut, sl against dsl (mean ± std over seeds), with its baseline; and the accuracy."""
+    from benchmarks.report import mean_std, values
+
+    cuts, variants = STUDIES[study]
+    dataset = PRIVACY_STUDIES[study]
+    text = study == "privacy_text"
+    key, baseline = (
+        ("attack/token_accuracy", "attack/baseline_token_accuracy") if text else ("attack/psnr", "attack/baseline_psnr")
+    )
+    accuracy = "test/acc" if text else "val/acc"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    drawn, floor = False, []
+    for j, variant in enumerate(variants):
+        present = [
+            (i, runs[(dataset, c, variant.name)]) for i, c in enumerate(cuts) if runs.get((dataset, c, variant.name))
+        ]
+        for ax, figure in ((left, key), (right, accuracy)):
+            points = [(i, mean_std(values(s, figure))) for i, s in present if values(s, figure)]
+            if points:
+                xs, stats = zip(*points, strict=True)
+                scale = 100 if "acc" in figure else 1
+                ax.errorbar([x + 0.04 * (j - 0.5) for x in xs], [scale * m for m, _ in stats],
+                            yerr=[scale * d for _, d in stats], marker="o", capsize=3, color=f"C{j}",
+                            label=variant.label or variant.name)  # fmt: skip
+                drawn = True
+        floor += [v for _, s in present for v in values(s, baseline)]
+    if not drawn:
+        plt.close(fig)
+        return []
+    if floor:
+        scale = 100 if text else 1
+        left.axhline(scale * mean_std(floor)[0], color="grey", ls=":", label="baseline")
+    left.set(ylabel="token accuracy (%) of the probe" if text else "inversion PSNR (dB), higher: more leaked")
+    right.set(ylabel="test accuracy, split network (%)")
+    for ax in (left, right):
+        ax.set_xticks(range(len(cuts)), cuts)
+        ax.set(xlabel="cut")
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    fig.suptitle(f"{dataset}: what a curious server recovers at each cut, and the task's accuracy", fontsize=9)
+    fig.tight_layout()
+    path = out / f"{study}_leakage_{dataset}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def montage(rows: list[tuple[str, Path]], title: str, path: Path, plt: Any) -> Path | None:
+    """One figure of reconstruction grids: the first grid's originals, then each grid's reconstructions, labelled.
+
+    ``rows`` are ``(label, reconstructions.png)``; missing files are left out; ``None`` if fewer than two remain.
+    """
+    rows = [(label, grid) for label, grid in rows if grid.exists()]
+    if len(rows) < 2:
+        return None
+    images = [plt.imread(grid) for _, grid in rows]
+    half = images[0].shape[0] // 2  # save_grid: originals above, reconstructions below
+    panels = [("private images", images[0][: half + 1])] + [
+        (label, image[half:]) for (label, _), image in zip(rows, images, strict=True)
+    ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.05 * len(panels)))
+    for ax, (label, picture) in zip(axes, panels, strict=True):
+        ax.imshow(picture)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(left=0.16, right=0.99, top=1 - 0.3 / len(panels), bottom=0.01, hspace=0.08)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 GRIDS_TEXT = (
-    "Reconstruction grids (seed 0; one per cut and mode; top row: 8 private training images of the CIFAR-10 JPEG"
-    " copy, evenly spaced over the 256 the attack scores; bottom row: what the attacker reconstructs from their"
-    " cut activations). The attacker is a curious server that holds the client half's weights from the run's last"
+    "Reconstructions (seed 0): 8 private training images of the CIFAR-10 JPEG copy, evenly spaced over the 256"
+    " the attack scores, and what the attacker reconstructs from their cut activations. The attacker is a"
+    " curious server that holds the client half's weights from the run's last"
     " checkpoint (what a SplitFed server holds after FedAvg; here, a leaked checkpoint of a one-client run) and a"
     " seeded half of the CIFAR-10 test split (5,000 images nobody trained on); it trains a decoder z → x on those"
-    " auxiliary pairs (10 epochs) and never sees the private images. Each grid is named"
-    " privacy_cifar10_<cut>_<arm>_s0 (arm: sl, or dsl with the linear head)."
+    " auxiliary pairs (10 epochs) and never sees the private images. The figure: the 8 private images, then"
+    " their reconstructions at each cut in sl and in dsl (linear head)."
 )
 FSHA_TEXT = (
     "FSHA: the server is malicious. It holds the CIFAR-10 test split (10,000 images nobody trained on), trains a"
@@ -258,9 +333,10 @@ def section(runs: Runs, out: Path, plt: Any, study: str) -> tuple[str, list[Path
 
         lines, images, note = defenses_report.section(runs, out, plt)
     elif study == "privacy_text":
-        lines, images, note = _table(runs, study, TOKENS), [], TEXT_TEXT
+        lines, images, note = _table(runs, study, TOKENS), leakage_plot(runs, out, plt, study), TEXT_TEXT
     else:
-        lines, images, note = _table(runs, study, INVERSION), grids(runs, out, study), GRIDS_TEXT
+        images = [*leakage_plot(runs, out, plt, study), *grids(runs, out, plt, study)]
+        lines, note = _table(runs, study, INVERSION), GRIDS_TEXT
     if len(lines) <= 2 and not images:
         return "", []
     return "\n".join([*lines, "", note]) + "\n", images

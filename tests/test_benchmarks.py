@@ -330,7 +330,7 @@ def test_privacy_step_after_a_toy_fit_attacks_its_checkpoint_and_the_report_read
         f" {figures['ssim']:.3f} | {figures['baseline_ssim']:.3f} |"
     )
     assert row in text and "curious server" in text
-    assert (tmp_path / "privacy_digits_2_dsl_s0.png").read_bytes() == (run / "reconstructions.png").read_bytes()
+    assert not (tmp_path / "privacy_grids_digits.png").exists()  # one grid: nothing to compare it with
 
 
 def test_fsha_table_reads_the_history_per_epoch(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import math
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -85,7 +85,10 @@ def test_the_defenses_report_reads_the_attacks_and_draws_the_frontier(tmp_path: 
             (run / "attack.json").write_text(json.dumps(attack))
             Image.new("RGB", (8 * 34 + 2, 2 * 34 + 2), (seed * 50, 0, 0)).save(run / GRID)
     markdown, images = report.report(tmp_path, ["defenses"])
-    assert "| cifar10 | shallow | sl, noise σ=1.0, C=205 | 2 | 40.00 ± 0.00 | = | 50.00 ± 0.00 | 0.950 ± 0.000 |" in markdown
+    assert (
+        "| cifar10 | shallow | sl, noise σ=1.0, C=205 | 2 | 40.00 ± 0.00 | = | 50.00 ± 0.00 | 0.950 ± 0.000 |"
+        in markdown
+    )
     assert "| 0.600 ± 0.000 | 13.00 ± 0.71 | 0.500 ± 0.000 | 3.0 ± 0.0 | ∞ |" in markdown  # σ: ε; no label ε
     # The label arm's split network is scored on randomized labels; on true labels: (m - q) / (p - q).
     p, q = defenses_report.label_keep(2.0)

@@ -34,6 +34,7 @@ COLUMNS = {
     "val/aux_acc": "test acc (client + aux head)",
     "privacy/dcor": "dCor(x, z) (validation, before the defense)",
     "attack/dcor": "dCor(x, received) (private)",
+    "attack/dcor_corrected": "dCor²*(x, received), bias-corrected",
     "attack/psnr": "PSNR (dB)",
     "attack/ssim": "SSIM",
     "privacy/epsilon": "ε (activations, δ=1e-5)",
@@ -46,7 +47,9 @@ TEXT = (
     " trains its decoder on what it would receive of them (clipped and noised as the client does, with its own"
     " noise draws); PSNR, SSIM and dCor(x, received) are on what it received of 256 private training images (one"
     " release, at the last epoch's weights). dCor(x, z) is the monitor's, on validation batches of 128, before"
-    " any clip or noise. ε (activations) is Opacus' RDP accountant for σ over the 8 epochs (each sample sent once"
+    " any clip or noise. dCor²* is the bias-corrected dCor² of the same private pairs (near 0 for what carries"
+    " nothing; the V-statistic is biased up in high dimension: docs/privacy.md); '–' where the attack predates it."
+    " ε (activations) is Opacus' RDP accountant for σ over the 8 epochs (each sample sent once"
     " per epoch; what it covers: docs/privacy.md); ε (labels) is ε × 8 epochs. A label-private arm's split network"
     " is scored against randomized test labels (what its server can know); '… on true labels' is the accuracy"
     " that implies, (m − q) / (p − q). The frontier: the split network's accuracy (on true labels) against the"

@@ -110,7 +110,7 @@ TOKENS = {
     "attack/baseline_token_accuracy": "most frequent token",
     "attack/dcor": "dCor(ids, h) (private)",
 }
-DECIMALS = {"mse": 4, "psnr": 2, "ssim": 3, "dcor": 3, "fsha_mse": 4, "fsha_baseline_mse": 4}
+DECIMALS = {"mse": 4, "psnr": 2, "ssim": 3, "dcor": 3, "dcor_corrected": 3, "fsha_mse": 4, "fsha_baseline_mse": 4}
 
 
 def fmt(key: str, figures: list[float]) -> str:

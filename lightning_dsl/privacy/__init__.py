@@ -2,7 +2,7 @@
 
 from lightning_dsl.privacy.accounting import activation_epsilon, label_epsilon
 from lightning_dsl.privacy.defenses import CutMechanism, CutPrivacy, NoPeek, clip_per_sample, randomized_response
-from lightning_dsl.privacy.distance import distance_correlation
+from lightning_dsl.privacy.distance import bias_corrected_distance_correlation, distance_correlation
 from lightning_dsl.privacy.fsha import FeatureSpaceHijacking, default_networks
 from lightning_dsl.privacy.inversion import InversionDecoder, InversionReport, invert_images, save_grid
 from lightning_dsl.privacy.tokens import TokenReport, probe_tokens
@@ -16,6 +16,7 @@ __all__ = [
     "NoPeek",
     "TokenReport",
     "activation_epsilon",
+    "bias_corrected_distance_correlation",
     "clip_per_sample",
     "default_networks",
     "distance_correlation",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from lightning_dsl.core.sequence import MaskedSequence
-from lightning_dsl.privacy.distance import distance_correlation
+from lightning_dsl.privacy.distance import bias_corrected_distance_correlation, distance_correlation
 
 PixelMap = Callable[[Tensor], Tensor]
 
@@ -34,13 +34,16 @@ class InversionReport:
     """The attack's figures on the private inputs (pixel space ``[0, 1]``) and the zeros-in baseline's.
 
     ``originals`` and ``reconstructions`` are a few private images, evenly spaced over the private set, and the
-    attack's reconstructions of them (for a grid); they are left out of :meth:`figures`.
+    attack's reconstructions of them (for a grid); they are left out of :meth:`figures`. ``dcor`` is the
+    V-statistic, biased up in high dimension; ``dcor_corrected`` the bias-corrected ``dCor²``
+    (:func:`~lightning_dsl.privacy.bias_corrected_distance_correlation`), near 0 for what carries nothing.
     """
 
     mse: float
     psnr: float
     ssim: float
     dcor: float
+    dcor_corrected: float
     baseline_mse: float
     baseline_psnr: float
     baseline_ssim: float
@@ -130,7 +133,8 @@ def invert_images(
     pixels) and SSIM (torchmetrics, ``data_range=1``, mean over images; Gaussian window 11, or the largest
     odd size that fits a smaller image) compare the reconstructions, clamped to ``[0, 1]``, with
     ``to_pixels(private)``. ``dcor`` is :func:`~lightning_dsl.privacy.distance_correlation` of the private
-    inputs and their activations, per batch of ``batch_size``, averaged weighted by batch size.
+    inputs and their activations, per batch of ``batch_size``, averaged weighted by batch size; so is
+    ``dcor_corrected``, the bias-corrected ``dCor²`` (batches of at least 4).
 
     With ``received`` (a defense on the client's side of the cut: clipping, noise), the server sees
     ``received(client(x))``, not ``client(x)``: the private activations pass through it, and so do the
@@ -198,13 +202,16 @@ def invert_images(
     with torch.no_grad():
         guessed = blind(torch.zeros_like(z_private[:1]).to(device)).clamp(0.0, 1.0).expand_as(reconstructed)
     attack, baseline = _image_metrics(reconstructed, x_private), _image_metrics(guessed, x_private)
-    dcor, samples = 0.0, 0
+    dcor, corrected, samples, corrected_samples = 0.0, 0.0, 0, 0
     with torch.no_grad():
         for begin in range(0, len(private), batch_size):
             x, z = private[begin : begin + batch_size], z_private[begin : begin + batch_size]
             if len(x) >= 2:
                 dcor += float(distance_correlation(x, z, dtype=torch.float64)) * len(x)
                 samples += len(x)
+            if len(x) >= 4:
+                corrected += float(bias_corrected_distance_correlation(x, z, dtype=torch.float64)) * len(x)
+                corrected_samples += len(x)
     # Spread over the private set (a split stored by class would show one class in its first rows).
     shown = torch.linspace(0, len(private) - 1, min(grid_samples, len(private))).round().long().to(x_private.device)
     return InversionReport(
@@ -212,6 +219,7 @@ def invert_images(
         psnr=attack[1],
         ssim=attack[2],
         dcor=dcor / samples,
+        dcor_corrected=corrected / corrected_samples if corrected_samples else float("nan"),
         baseline_mse=baseline[0],
         baseline_psnr=baseline[1],
         baseline_ssim=baseline[2],

@@ -89,7 +89,7 @@ def test_the_defenses_report_reads_the_attacks_and_draws_the_frontier(tmp_path: 
         "| cifar10 | shallow | sl, noise σ=1.0, C=205 | 2 | 40.00 ± 0.00 | = | 50.00 ± 0.00 | 0.950 ± 0.000 |"
         in markdown
     )
-    assert "| 0.600 ± 0.000 | 13.00 ± 0.71 | 0.500 ± 0.000 | 3.0 ± 0.0 | ∞ |" in markdown  # σ: ε; no label ε
+    assert "| 0.600 ± 0.000 | – | 13.00 ± 0.71 | 0.500 ± 0.000 | 3.0 ± 0.0 | ∞ |" in markdown  # σ: ε; no label ε
     # The label arm's split network is scored on randomized labels; on true labels: (m - q) / (p - q).
     p, q = defenses_report.label_keep(2.0)
     assert p == pytest.approx(math.exp(2) / (math.exp(2) + 9)) and q == pytest.approx((1 - p) / 9)

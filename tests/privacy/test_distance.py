@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_dsl.core.sequence import MaskedSequence
-from lightning_dsl.privacy import distance_correlation
+from lightning_dsl.privacy import bias_corrected_distance_correlation, distance_correlation
 
 
 def _oracle(x: torch.Tensor, z: torch.Tensor) -> float:
@@ -30,6 +30,32 @@ def test_matches_dcor_package(batch: int, x_shape: tuple[int, ...], z_shape: tup
     assert distance_correlation(x32, z32, dtype=torch.float64).dtype == torch.float64
     assert distance_correlation(x32, z32).dtype == torch.float32
     assert distance_correlation(x32, z32).item() == pytest.approx(_oracle(x, z), abs=1e-4)
+
+
+@pytest.mark.parametrize(("batch", "x_dim", "z_dim"), [(4, 3, 1), (17, 64, 16), (64, 5, 9)])
+def test_bias_corrected_matches_dcor_package(batch: int, x_dim: int, z_dim: int) -> None:
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn(batch, x_dim, dtype=torch.float64, generator=g)
+    z = torch.tanh(x @ torch.randn(x_dim, z_dim, dtype=torch.float64, generator=g))
+    z = z + 0.5 * torch.randn(z.shape, dtype=torch.float64, generator=g)
+    expected = float(dcor.u_distance_correlation_sqr(x.numpy(), z.numpy()))
+    assert bias_corrected_distance_correlation(x, z).item() == pytest.approx(expected, abs=1e-10)
+    assert bias_corrected_distance_correlation(x, 3 * x + 1).item() == pytest.approx(1.0, abs=1e-10)
+
+
+def test_high_dimensional_noise_fools_the_v_statistic_and_not_the_corrected_one() -> None:
+    # A cut activation drowned in noise (what the Gaussian mechanism sends at the shallow cut): the V-statistic
+    # stays high, the bias-corrected dCor² is near 0, as for the noise alone.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3 * 32 * 32, dtype=torch.float64, generator=g)
+    signal = x @ torch.randn(3 * 32 * 32, 512, dtype=torch.float64, generator=g) / 55.0
+    received = signal + 100.0 * torch.randn(64, 512, dtype=torch.float64, generator=g)
+    assert distance_correlation(x, received).item() > 0.7
+    assert abs(bias_corrected_distance_correlation(x, received).item()) < 0.05
+    assert bias_corrected_distance_correlation(x, signal).item() > 0.3  # the projection alone: clearly above 0
+    with pytest.raises(ValueError, match="at least 4 samples"):
+        bias_corrected_distance_correlation(x[:3], received[:3])
+    assert bias_corrected_distance_correlation(x, torch.ones(64, 5)).item() == 0.0
 
 
 def test_similarity_map_gives_one_and_independence_gives_little() -> None:

@@ -77,7 +77,7 @@ def test_zero_client_gives_exactly_the_baseline(digits, single_thread) -> None: 
     assert report.mse == pytest.approx(report.baseline_mse, rel=1e-4)
     assert report.psnr == pytest.approx(report.baseline_psnr, abs=1e-3)
     assert report.ssim == pytest.approx(report.baseline_ssim, abs=1e-4)
-    assert report.dcor == 0.0
+    assert report.dcor == 0.0 and report.dcor_corrected == 0.0
 
 
 def test_constant_client_is_no_better_than_the_baseline(digits, single_thread) -> None:  # noqa: ANN001
@@ -108,8 +108,10 @@ def test_what_the_server_receives_is_what_is_attacked(digits, single_thread) -> 
         **OPTIONS,
     )
     assert noisy.psnr < min(clean.psnr - 5.0, noisy.baseline_psnr + 1.0)
-    # dCor falls less: the V-statistic of a batch of 32 high-dimensional samples is biased up (0.86 here).
-    assert noisy.dcor < clean.dcor
+    # dCor falls less: the V-statistic of a batch of 32 high-dimensional samples is biased up (0.86 here);
+    # the bias-corrected dCor² falls to about 0.
+    assert noisy.dcor < clean.dcor and clean.dcor_corrected == pytest.approx(1.0, abs=1e-9)
+    assert abs(noisy.dcor_corrected) < 0.1 < 0.5 < noisy.dcor
     assert noisy.baseline_psnr == pytest.approx(clean.baseline_psnr, abs=1e-6)  # the baseline sees no activations
 
 

@@ -58,14 +58,7 @@ def distance_correlation(x: Activation, z: Activation, dtype: torch.dtype | None
         >>> round(distance_correlation(x, 2 * x.flatten(1) + 1).item(), 6)
         1.0
     """
-    if dtype is not None and not dtype.is_floating_point:
-        raise ValueError(f"Expected argument `dtype` to be a floating dtype or None, but got {dtype}.")
-    a, b = _flat(x, "x"), _flat(z, "z")
-    if len(a) != len(b):
-        raise ValueError(
-            f"Expected arguments `x` and `z` to hold the same samples, but their batch sizes differ: {len(a)} in `x`"
-            f" and {len(b)} in `z`."
-        )
+    a, b = _pair(x, z, dtype)
     A = _centred_distances(a, dtype)
     B = _centred_distances(b, dtype).to(A.dtype)
     dcov2 = (A * B).mean().clamp_min(0.0)  # >= 0 in exact arithmetic; rounding can dip below
@@ -104,14 +97,7 @@ def bias_corrected_distance_correlation(x: Activation, z: Activation, dtype: tor
         >>> abs(float(bias_corrected_distance_correlation(x, noise))) < 0.05
         True
     """
-    if dtype is not None and not dtype.is_floating_point:
-        raise ValueError(f"Expected argument `dtype` to be a floating dtype or None, but got {dtype}.")
-    a, b = _flat(x, "x"), _flat(z, "z")
-    if len(a) != len(b):
-        raise ValueError(
-            f"Expected arguments `x` and `z` to hold the same samples, but their batch sizes differ: {len(a)} in `x`"
-            f" and {len(b)} in `z`."
-        )
+    a, b = _pair(x, z, dtype)
     if len(a) < 4:
         raise ValueError(
             f"Expected at least 4 samples for the bias-corrected distance correlation, but got {len(a)}: its"
@@ -131,6 +117,19 @@ def _u_centred_distances(t: Tensor, dtype: torch.dtype | None) -> Tensor:
     rows = d.sum(dim=1, keepdim=True) / (n - 2)
     u = d - rows - rows.T + d.sum() / ((n - 1) * (n - 2))
     return u * (1.0 - torch.eye(n, dtype=u.dtype, device=u.device))
+
+
+def _pair(x: Activation, z: Activation, dtype: torch.dtype | None) -> tuple[Tensor, Tensor]:
+    """``x`` and ``z`` flattened to ``[B, -1]`` each, after checking ``dtype`` and the batch sizes."""
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"Expected argument `dtype` to be a floating dtype or None, but got {dtype}.")
+    a, b = _flat(x, "x"), _flat(z, "z")
+    if len(a) != len(b):
+        raise ValueError(
+            f"Expected arguments `x` and `z` to hold the same samples, but their batch sizes differ: {len(a)} in `x`"
+            f" and {len(b)} in `z`."
+        )
+    return a, b
 
 
 def _flat(t: Activation, name: str) -> Tensor:

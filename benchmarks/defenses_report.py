@@ -132,12 +132,6 @@ def _order(variant: Variant) -> tuple[int, float]:
     return list(FAMILIES).index(name), value or 0.0
 
 
-def _mean_std(figures: list[float]) -> tuple[float, float]:
-    from benchmarks.report import mean_std
-
-    return mean_std(figures)
-
-
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other beats on both axes (lower leakage ``x``, higher accuracy ``y``), by ``x``.
 
@@ -152,7 +146,7 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def frontier_plot(found: Arms, out: Path, plt: Any) -> list[Path]:
-    from benchmarks.report import values
+    from benchmarks.report import mean_std, values
 
     axes_keys = (("attack/psnr", "inversion PSNR (dB) on private images (lower: less leaked)"),
                  ("attack/dcor", "dCor(x, what the server received) (lower: less leaked)"))  # fmt: skip
@@ -166,7 +160,7 @@ def frontier_plot(found: Arms, out: Path, plt: Any) -> list[Path]:
                 xs, ys = values(summaries, key), values(summaries, "val/true_acc")
                 if variant.mode != mode or not xs or not ys:
                     continue
-                (x, dx), (y, dy) = _mean_std(xs), _mean_std([100 * v for v in ys])
+                (x, dx), (y, dy) = mean_std(xs), mean_std([100 * v for v in ys])
                 name = family(variant)[0]
                 ax.errorbar(x, y, xerr=dx, yerr=dy, fmt=MARKERS[name], color=f"C{j}", ms=6, capsize=2,
                             markerfacecolor="none" if name == "labels" else f"C{j}")  # fmt: skip
@@ -179,7 +173,7 @@ def frontier_plot(found: Arms, out: Path, plt: Any) -> list[Path]:
         if key == "attack/psnr":
             baselines = [v for _, s in found for v in values(s, "attack/baseline_psnr")]
             if baselines:
-                ax.axvline(_mean_std(baselines)[0], color="grey", ls=":", lw=1, label="decoder on zeros")
+                ax.axvline(mean_std(baselines)[0], color="grey", ls=":", lw=1, label="decoder on zeros")
         ax.set(xlabel=xlabel)
         ax.grid(alpha=0.3)
     axes[0].set(ylabel="test accuracy, split network (%; true labels)")

@@ -219,7 +219,7 @@ def _defense_note(model: Any) -> str:
     privacy = getattr(model, "privacy", None)
     if privacy is None or privacy.clip_norm is None:  # noise needs a clip
         return "the client's activations as computed (no clip, no noise)"
-    parts = [f"clipped to L2 norm <= {privacy.clip_norm:g} per sample"] if privacy.clip_norm is not None else []
+    parts = [f"clipped to L2 norm <= {privacy.clip_norm:g} per sample"]
     if privacy.noise_multiplier > 0:
         parts.append(f"plus N(0, ({privacy.noise_multiplier:g} x {privacy.clip_norm:g})^2) per value")
     return "the client's activations " + ", ".join(parts) + " (auxiliary and private alike)"
@@ -334,7 +334,7 @@ def _table(figures: dict[str, Any], context: dict[str, Any]) -> str:
             f"| SSIM | {figures['ssim']:.4f} | {figures['baseline_ssim']:.4f} |",
         ]
     lines.append(f"| dCor(x, z) | {figures['dcor']:.4f} | |")
-    if "dcor_corrected" in figures:
+    if "token_accuracy" not in figures:
         lines.append(f"| dCor²(x, z), bias-corrected | {figures['dcor_corrected']:.4f} | |")
     lines += ["", f"time: {figures['time_s']:.1f} s"]
     return "\n".join(lines)

@@ -187,11 +187,19 @@ def frontier_plot(found: Arms, out: Path, plt: Any) -> list[Path]:
     return [path]
 
 
-def grid_plots(found: Arms, out: Path, plt: Any, seed: int = 0) -> list[Path]:
-    """Per defense that changes the activations (NoPeek, noise), the seed-``seed`` reconstructions as it grows."""
+def grid_plots(found: Arms, out: Path, plt: Any, seed: int | None = None) -> list[Path]:
+    """Per defense that changes the activations (NoPeek, noise), the seed-``seed`` reconstructions as it grows.
+
+    ``seed=None``: the lowest seed that has a reconstruction grid under ``out``.
+    """
     from benchmarks.privacy import GRID, montage
 
     dataset, cut = PRIVACY_STUDIES[STUDY], STUDIES[STUDY][0][0]
+    if seed is None:
+        seeds = [int(grid.parent.name.rsplit("-s", 1)[1]) for grid in out.glob(f"{dataset}-{cut}-*-s*/{GRID}")]
+        if not seeds:
+            return []
+        seed = min(seeds)
     paths = []
     for defense in ("nopeek", "noise"):
         rows: list[tuple[str, Path]] = []

@@ -99,3 +99,37 @@ def test_the_defenses_report_reads_the_attacks_and_draws_the_frontier(tmp_path: 
     ]  # fmt: skip
     assert all(i.stat().st_size > 5_000 for i in images)
     assert defenses_report.family(STUDIES["defenses"][1][-1]) == ("labels", 4.0)
+
+
+def test_the_defenses_grids_take_the_lowest_seed_that_has_reconstructions(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import matplotlib
+    from PIL import Image
+
+    import benchmarks.privacy as privacy
+    from benchmarks import defenses_report, report
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name in ("sl", "sl_noise1p0", "dsl", "dsl_noise1p0"):
+        for seed in (1, 2):
+            run = tmp_path / f"cifar10-shallow-{name}-s{seed}"
+            run.mkdir()
+            (run / "summary.json").write_text(json.dumps({"epochs": 8, "val/acc": 0.5}))
+            Image.new("RGB", (8 * 34 + 2, 2 * 34 + 2), (seed * 50, 0, 0)).save(run / privacy.GRID)
+    drawn: list[tuple[str, list[str]]] = []
+    montage = privacy.montage
+
+    def recording(rows: list[tuple[str, Path]], title: str, path: Path, plt: object) -> Path | None:
+        drawn.append((title, [grid.parent.name for _, grid in rows]))
+        return montage(rows, title, path, plt)
+
+    monkeypatch.setattr(privacy, "montage", recording)
+    found = defenses_report.arms(report.collect(tmp_path))
+    paths = defenses_report.grid_plots(found, tmp_path, plt)
+    assert [p.name for p in paths] == ["defenses_grids_nopeek_cifar10.png", "defenses_grids_noise_cifar10.png"]
+    assert all("seed 1)" in title and all(n.endswith("-s1") for n in names) for title, names in drawn)
+    assert drawn[1][1] == [f"cifar10-shallow-{n}-s1" for n in ("sl", "sl_noise1p0", "dsl", "dsl_noise1p0")]
+    assert defenses_report.grid_plots(found, tmp_path / "elsewhere", plt) == []  # no grid anywhere: none drawn

@@ -28,6 +28,7 @@ from benchmarks.studies import AFTER, PRIVACY_STUDIES, STUDIES, After
 
 REPO = Path(__file__).resolve().parents[1]
 GRID = "reconstructions.png"
+FSHA_GRID = "fsha_reconstructions.png"  # FeatureSpaceHijackingAttack's grid, in the run's logger folder
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -225,6 +226,28 @@ def grids(runs: Runs, out: Path, plt: Any, study: str = "privacy", seed: int = 0
     return [figure] if figure else []
 
 
+def fsha_grids(out: Path, plt: Any) -> list[Path]:
+    """The lowest seed's FSHA grids in one figure: the last batch's private images, then each arm's reconstruction.
+
+    A run's grid is the callback's ``fsha_reconstructions.png``, in the run's directory or its logger's.
+    """
+    cuts, variants = STUDIES["privacy_fsha"]
+    dataset = PRIVACY_STUDIES["privacy_fsha"]
+    found = {
+        (v.name, seed): grid
+        for v in variants
+        for grid in sorted(out.glob(f"{dataset}-{cuts[0]}-{v.name}-s*/**/{FSHA_GRID}"))
+        for seed in [int(grid.relative_to(out).parts[0].rsplit("-s", 1)[1])]
+    }
+    if not found:
+        return []
+    seed = min(s for _, s in found)
+    rows = [(variant.label, found[(variant.name, seed)]) for variant in variants if (variant.name, seed) in found]
+    title = f"FSHA, {dataset}: private training images and the malicious server's reconstructions (seed {seed})"
+    figure = montage(rows, title, out / f"privacy_fsha_grids_{dataset}.png", plt, own_originals=True)
+    return [figure] if figure else []
+
+
 def leakage_plot(runs: Runs, out: Path, plt: Any, study: str) -> list[Path]:
     """The attack's figure at each cut, sl against dsl (mean ± std over seeds), with its baseline; and the accuracy."""
     from benchmarks.report import mean_std, values
@@ -273,20 +296,25 @@ def leakage_plot(runs: Runs, out: Path, plt: Any, study: str) -> list[Path]:
     return [path]
 
 
-def montage(rows: list[tuple[str, Path]], title: str, path: Path, plt: Any) -> Path | None:
+def montage(rows: list[tuple[str, Path]], title: str, path: Path, plt: Any, own_originals: bool = False) -> Path | None:
     """One figure of reconstruction grids: the first grid's originals, then each grid's reconstructions, labelled.
 
     ``rows`` are ``(label, reconstructions.png)``; missing files are left out; ``None`` if fewer than two remain.
+    ``own_originals``: every grid shows other images, so each is shown whole (its originals above its
+    reconstructions).
     """
     rows = [(label, grid) for label, grid in rows if grid.exists()]
     if len(rows) < 2:
         return None
     images = [plt.imread(grid) for _, grid in rows]
     half = images[0].shape[0] // 2  # save_grid: originals above, reconstructions below
-    panels = [("private images", images[0][: half + 1])] + [
-        (label, image[half:]) for (label, _), image in zip(rows, images, strict=True)
-    ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 1.05 * len(panels)))
+    if own_originals:
+        panels = [(f"{label}:\nprivate, reconstructed", image) for (label, _), image in zip(rows, images, strict=True)]
+    else:
+        panels = [("private images", images[0][: half + 1])] + [
+            (label, image[half:]) for (label, _), image in zip(rows, images, strict=True)
+        ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, (2.0 if own_originals else 1.05) * len(panels)))
     for ax, (label, picture) in zip(axes, panels, strict=True):
         ax.imshow(picture)
         ax.set_xticks([])
@@ -314,7 +342,9 @@ FSHA_TEXT = (
     " down instead of the task's (sl every batch, hybrid k = 4 on every 4th, dsl never: nothing goes down)."
     " fsha_mse: the decoder's pixel MSE on the client's private training inputs of each epoch; baseline: the mean"
     " auxiliary image's. The client trains with Adam lr 1e-4 (constant, no weight decay) in every arm. The plot:"
-    " fsha_mse per epoch (solid) and the baseline (dotted), one line per arm and seed."
+    " fsha_mse per epoch (solid) and the baseline (dotted), one line per arm and seed. The grids: the first 8"
+    " private images of each run's last training batch (each run draws its own) above what the attacker's"
+    " decoder made of their activations."
 )
 TEXT_TEXT = (
     "Token probe: a curious server holding the client half's weights (the run's last checkpoint) and a seeded half"
@@ -326,7 +356,7 @@ TEXT_TEXT = (
 def section(runs: Runs, out: Path, plt: Any, study: str) -> tuple[str, list[Path]]:
     """A privacy study's table (markdown) and figures."""
     if study == "privacy_fsha":
-        lines, images = fsha_table(runs), fsha_plot(runs, out, plt)
+        lines, images = fsha_table(runs), [*fsha_plot(runs, out, plt), *fsha_grids(out, plt)]
         note = FSHA_TEXT
     elif study == "defenses":
         from benchmarks import defenses_report  # here: it reads this module's fmt and GRID

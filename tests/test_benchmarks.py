@@ -345,6 +345,24 @@ def test_fsha_table_reads_the_history_per_epoch(tmp_path: Path) -> None:
     row = "| cifar10 | shallow | sl under FSHA | 2 | 0.0600 ± 0.0141 | 0.0300 ± 0.0141 | 0.0300 ± 0.0141 |"
     assert f"{row} 0.0600 ± 0.0000 | 40.00 ± 0.00 |" in text
     assert (tmp_path / "privacy_fsha_cifar10.png").stat().st_size > 10_000
+    assert not (tmp_path / "privacy_fsha_grids_cifar10.png").exists()  # no run wrote a grid
+
+
+def test_fsha_grids_show_each_runs_own_private_images(tmp_path: Path) -> None:
+    from PIL import Image
+
+    history = [{"epoch": 0.0, "privacy/fsha_mse": 0.05, "privacy/fsha_baseline_mse": 0.06}]
+    for arm, seed in (("fsha_sl", 1), ("fsha_dsl", 1), ("fsha_dsl", 2)):
+        name = f"cifar10-shallow-{arm}-s{seed}"
+        write_summary(tmp_path, name, **{"val/acc": 0.4, "privacy/fsha_history": history})
+        logs = tmp_path / name / "csv" / "version_0"
+        logs.mkdir(parents=True)
+        Image.new("RGB", (8 * 34 + 2, 2 * 34 + 2), (100 * seed, 0, 0)).save(logs / "fsha_reconstructions.png")
+    paper.report(tmp_path, ["privacy_fsha"])
+    text = (tmp_path / "results.md").read_text()
+    assert "privacy_fsha_grids_cifar10.png" in text and "above what the attacker's decoder made" in text
+    figure = Image.open(tmp_path / "privacy_fsha_grids_cifar10.png")
+    assert figure.size == (880, 2 * 220)  # seed 1's two runs, a panel of 2 inches each: its originals and its own
 
 
 def test_sweep_resumes_the_attack_of_a_finished_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ against the inputs the client fed, as MSE in the data's pixel space.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,9 +19,20 @@ from torch import Tensor
 
 from lightning_dsl.core.clients import client_batches
 from lightning_dsl.privacy.fsha import FeatureSpaceHijacking, check_options
+from lightning_dsl.privacy.inversion import save_grid
 from lightning_dsl.strategies import SplitStrategy
 
 AUXILIARY_SPLITS = ("test", "val")
+_SHOWN = 8  # private inputs in the grid
+
+
+def _statistic(trainer: Trainer, name: str, default: float) -> Tensor | float:
+    """The data module's normalization ``mean`` or ``std``: a float, or per channel ``(1, C, 1, 1)``."""
+    value = getattr(getattr(trainer, "datamodule", None), name, None)
+    if value is None:
+        return default
+    tensor = torch.as_tensor(value, dtype=torch.float32)
+    return float(tensor) if tensor.numel() == 1 else tensor.reshape(1, -1, 1, 1)
 
 
 class FeatureSpaceHijackingAttack(Callback):
@@ -38,6 +50,10 @@ class FeatureSpaceHijackingAttack(Callback):
     * ``privacy/fsha_baseline_mse``: the same for a guess that knows nothing: the mean auxiliary image;
     * ``privacy/fsha_sent_down``: hijacking gradients that reached a client in the epoch (0 in ``dsl``).
 
+    At the end of fit it writes ``grid``: the first 8 private inputs of the last training batch (top row, pixels
+    in ``[0, 1]``) above what the attacker reconstructs from their activations; its path is ``privacy/fsha_grid``
+    in the summary.
+
     Args:
         auxiliary: the data module's split whose inputs the attacker holds: ``"test"`` or ``"val"`` (its
             ``<split>_dataloader``); never the training split.
@@ -46,6 +62,8 @@ class FeatureSpaceHijackingAttack(Callback):
         discriminator_lr: Adam learning rate of the discriminator.
         gradient_penalty_weight: weight of the WGAN-GP penalty.
         seed: seeds the attacker's networks, its auxiliary batches and its penalty (the run's RNG is untouched).
+        grid: file name of the PNG of reconstructions, in the trainer's ``log_dir`` (the first logger's version
+            folder; ``default_root_dir`` without a logger); ``None``: none written.
 
     Example::
 
@@ -61,6 +79,7 @@ class FeatureSpaceHijackingAttack(Callback):
         discriminator_lr: float = 1e-4,
         gradient_penalty_weight: float = 100.0,
         seed: int = 0,
+        grid: str | None = "fsha_reconstructions.png",
     ) -> None:
         if auxiliary not in AUXILIARY_SPLITS:
             hint = (
@@ -79,7 +98,9 @@ class FeatureSpaceHijackingAttack(Callback):
                 f"Expected argument `auxiliary_size` to be an int >= 1 or None, but got {auxiliary_size!r}."
             )
         check_options(lr, discriminator_lr, gradient_penalty_weight)
-        self.auxiliary, self.auxiliary_size, self.seed = auxiliary, auxiliary_size, seed
+        if grid is not None and (not isinstance(grid, str) or not grid.endswith(".png") or Path(grid).name != grid):
+            raise ValueError(f"Expected argument `grid` to be a file name ending in '.png' or None, but got {grid!r}.")
+        self.auxiliary, self.auxiliary_size, self.seed, self.grid = auxiliary, auxiliary_size, seed, grid
         self.options = {
             "lr": lr,
             "discriminator_lr": discriminator_lr,
@@ -89,6 +110,9 @@ class FeatureSpaceHijackingAttack(Callback):
         self.history: list[dict[str, float]] = []
         self._pending_state: dict[str, Any] | None = None
         self._std: Tensor | float = 1.0
+        self._mean: Tensor | float = 0.0
+        self._shown: tuple[Tensor, Tensor] | None = None  # the last batch's first private inputs, reconstructed
+        self.grid_path: Path | None = None
         self._mean_image: Tensor | None = None
         self._sums = {"mse": 0.0, "baseline": 0.0, "samples": 0.0}
         self._sent_at_epoch_start = 0
@@ -120,10 +144,7 @@ class FeatureSpaceHijackingAttack(Callback):
             self._pending_state = None
         if self.attack not in cut.taps:
             cut.taps.append(self.attack)
-        std = getattr(getattr(trainer, "datamodule", None), "std", None)
-        self._std = 1.0 if std is None else torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
-        if isinstance(self._std, Tensor) and self._std.numel() == 1:
-            self._std = float(self._std)
+        self._std, self._mean = _statistic(trainer, "std", 1.0), _statistic(trainer, "mean", 0.0)
         self._mean_image = public.mean(dim=0, keepdim=True)
         self._auxiliary_images = len(public)
         rank_zero_info(
@@ -206,6 +227,19 @@ class FeatureSpaceHijackingAttack(Callback):
                 self._sums["mse"] += float(self._pixel_mse(reconstruction.to(x.device), x)) * len(x)
                 self._sums["baseline"] += float(self._pixel_mse(mean_image.expand_as(x), x)) * len(x)
                 self._sums["samples"] += len(x)
+                if self.grid is not None:
+                    self._shown = (x[:_SHOWN].cpu(), reconstruction[:_SHOWN].detach().float().cpu())
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
+        if self.grid is None or self._shown is None or not trainer.is_global_zero:
+            return
+        originals, reconstructions = (self._pixels(images) for images in self._shown)
+        self.grid_path = save_grid(
+            originals, reconstructions, Path(trainer.log_dir or trainer.default_root_dir) / self.grid
+        )
+
+    def _pixels(self, images: Tensor) -> Tensor:
+        return images * self._std + self._mean
 
     def _pixel_mse(self, guess: Tensor, target: Tensor) -> Tensor:
         std = self._std.to(target.device) if isinstance(self._std, Tensor) else self._std
@@ -236,6 +270,7 @@ class FeatureSpaceHijackingAttack(Callback):
             **last,
             "privacy/fsha_auxiliary": f"{self.auxiliary} split, {self._auxiliary_images} inputs",
             "privacy/fsha_history": [dict(row) for row in self.history],
+            **({"privacy/fsha_grid": str(self.grid_path)} if self.grid_path is not None else {}),
         }
 
     def state_dict(self) -> dict[str, Any]:  # noqa: D102

@@ -88,6 +88,32 @@ def test_the_hijacking_gradient_goes_down_where_the_gradient_goes_down(
     assert summary["privacy/fsha_auxiliary"] == "test split, 64 inputs"
     assert summary["privacy/fsha_history"] == attack.history
     assert attack.attack not in trainer.lightning_module.cut.taps, "taken off the cut at teardown"
+    assert summary["privacy/fsha_grid"] == str(Path(logger.log_dir) / "fsha_reconstructions.png")
+
+
+def test_the_grid_shows_the_last_batchs_private_inputs_above_the_attackers_reconstructions(
+    tmp_path: Path, single_thread: None
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    attack = FeatureSpaceHijackingAttack(auxiliary="test", auxiliary_size=64)
+    fit(module("sl"), [attack], tmp_path, batches=3)
+    assert attack.grid_path == tmp_path / "fsha_reconstructions.png"  # no logger: the root dir
+    grid = np.asarray(Image.open(attack.grid_path).convert("L"), dtype=float)
+    assert grid.shape == (2 * 34 + 2, 8 * 34 + 2)  # 8x8 digits enlarged to 32, padding 2
+    data = DigitsDataModule(batch_size=16)
+    data.setup()
+    private = list(data.train_dataloader())[2][0][:8]  # the third (last) batch, as the attack scored it
+    pixels = (private * data.std + data.mean).clamp(0, 1)
+    top = np.stack([grid[2:34:4, 2 + 34 * i : 34 * (i + 1) : 4] for i in range(8)]) / 255  # one pixel in 4
+    assert np.abs(top - pixels[:, 0].numpy()).max() <= 1 / 255 + 1e-6
+    # The bottom row: the decoder's output from those inputs' activations (after 3 batches, far from them).
+    bottom = np.stack([grid[36:68:4, 2 + 34 * i : 34 * (i + 1) : 4] for i in range(8)]) / 255
+    assert np.abs(bottom - top).mean() > 0.05
+    plain = FeatureSpaceHijackingAttack(auxiliary="test", auxiliary_size=64, grid=None)
+    fit(module("sl"), [plain], tmp_path / "none", batches=1)
+    assert plain.grid_path is None and not any((tmp_path / "none").glob("*.png"))
 
 
 def test_in_dsl_the_client_trains_bit_exact_as_without_the_attack_and_is_told_once(
@@ -132,6 +158,8 @@ def test_the_training_split_is_refused_as_auxiliary_data() -> None:
         FeatureSpaceHijackingAttack(auxiliary_size=0)
     with pytest.raises(ValueError, match=r"`lr` to be a number > 0"):
         FeatureSpaceHijackingAttack(lr=0)
+    with pytest.raises(ValueError, match=r"`grid` to be a file name ending in '.png' or None, but got 'out/g.png'"):
+        FeatureSpaceHijackingAttack(grid="out/g.png")
 
 
 class TokenData(LightningDataModule):

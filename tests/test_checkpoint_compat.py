@@ -26,14 +26,20 @@ def sgd(params: object) -> torch.optim.Optimizer:
 def test_old_checkpoint_loads_and_predicts_the_same(name: str) -> None:
     model = DecoupledSplitModule.load_from_checkpoint(FIXTURES / f"{name}.ckpt")
     expected = torch.load(FIXTURES / f"{name}.expected.pt")
+    checkpoint = torch.load(FIXTURES / f"{name}.ckpt", weights_only=False)
+    state = model.state_dict()
+    assert sorted(state) == sorted(checkpoint["state_dict"])
+    assert all(torch.equal(state[k], v) for k, v in checkpoint["state_dict"].items()), "every weight bit for bit"
+    # The expected outputs were computed when the fixtures were written, on that machine's CPU. Another
+    # instruction set (AVX2 against AVX-512) rounds the convolutions differently in the last bits (seen: 7e-7
+    # on activations of order 1), so the outputs are compared to float32 rounding, the weights exactly.
+    close = {"rtol": 1e-5, "atol": 1e-5}
     model.eval()
     with torch.no_grad():
         z = model.client(expected["inputs"])
-        assert torch.equal(z, expected["cut"])
-        assert torch.equal(model(expected["inputs"]), expected["logits"])
-        assert torch.equal(model.aux_head(z), expected["aux_logits"])
-    checkpoint = torch.load(FIXTURES / f"{name}.ckpt", weights_only=False)
-    assert sorted(model.state_dict()) == sorted(checkpoint["state_dict"])
+        torch.testing.assert_close(z, expected["cut"], **close)
+        torch.testing.assert_close(model(expected["inputs"]), expected["logits"], **close)
+        torch.testing.assert_close(model.aux_head(z), expected["aux_logits"], **close)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -192,11 +192,11 @@ def grid_plots(found: Arms, out: Path, plt: Any, seed: int | None = None) -> lis
 
     ``seed=None``: the lowest seed that has a reconstruction grid under ``out``.
     """
-    from benchmarks.privacy import GRID, montage
+    from benchmarks.privacy import GRID, montage, seed_of
 
     dataset, cut = PRIVACY_STUDIES[STUDY], STUDIES[STUDY][0][0]
     if seed is None:
-        seeds = [int(grid.parent.name.rsplit("-s", 1)[1]) for grid in out.glob(f"{dataset}-{cut}-*-s*/{GRID}")]
+        seeds = [seed_of(grid.parent.name) for grid in out.glob(f"{dataset}-{cut}-*-s*/{GRID}")]
         if not seeds:
             return []
         seed = min(seeds)

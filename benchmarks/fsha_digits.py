@@ -45,7 +45,7 @@ def run(mode: str, seed: int, epochs: int, client_lr: float, batches: int | None
         client_optimizer=partial(torch.optim.Adam, lr=client_lr),
         server_optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),
     )
-    attack = FeatureSpaceHijackingAttack(auxiliary="test", seed=seed)
+    attack = FeatureSpaceHijackingAttack(auxiliary="test", seed=seed, grid=None)  # the histories only
     trainer = Trainer(
         accelerator="cpu",
         max_epochs=epochs,

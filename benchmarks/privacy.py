@@ -31,6 +31,11 @@ GRID = "reconstructions.png"
 FSHA_GRID = "fsha_reconstructions.png"  # FeatureSpaceHijackingAttack's grid, in the run's logger folder
 
 
+def seed_of(run_dir: str) -> int:
+    """The seed in a run directory's name (``benchmarks.paper.run_name``: ``<dataset>-<cut>-<variant>-s<seed>``)."""
+    return int(run_dir.rsplit("-s", 1)[1])
+
+
 def last_checkpoint(run_dir: Path) -> Path | None:
     """The newest ``.ckpt`` a fit wrote under ``run_dir`` (Lightning's: ``csv/version_N/checkpoints/``)."""
     found = sorted(run_dir.rglob("*.ckpt"), key=lambda p: (p.stat().st_mtime, str(p)))
@@ -237,7 +242,7 @@ def fsha_grids(out: Path, plt: Any) -> list[Path]:
         (v.name, seed): grid
         for v in variants
         for grid in sorted(out.glob(f"{dataset}-{cuts[0]}-{v.name}-s*/**/{FSHA_GRID}"))
-        for seed in [int(grid.relative_to(out).parts[0].rsplit("-s", 1)[1])]
+        for seed in [seed_of(grid.relative_to(out).parts[0])]
     }
     if not found:
         return []

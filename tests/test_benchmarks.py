@@ -228,10 +228,13 @@ def test_split_wall_time_at_toy_size(tmp_path: Path) -> None:
     assert "| plain | shallow |" in done.stdout
 
 
-def test_fsha_digits_at_toy_size(tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]) -> None:
+def test_fsha_digits_at_toy_size(
+    tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two epochs of 3 batches in each mode: a history per run, what went down per mode, the table with the baseline."""
     from benchmarks import fsha_digits
 
+    monkeypatch.chdir(tmp_path)  # the Trainer's root without a logger: nothing may land in the working directory
     out = tmp_path / "fsha.json"
     result = fsha_digits.main(
         ["--epochs", "2", "--batches", "3", "--modes", "sl", "dsl", "--seeds", "0", "--out", str(out)]
@@ -242,6 +245,7 @@ def test_fsha_digits_at_toy_size(tmp_path: Path, single_thread: None, capsys: py
     assert sl[0]["privacy/fsha_baseline_mse"] == dsl[0]["privacy/fsha_baseline_mse"] > 0  # the same private images
     printed = capsys.readouterr().out
     assert "| epoch | sl-s0 | dsl-s0 | baseline |" in printed and "\n| 1 | " in printed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fsha.json"]  # no grid, no checkpoint, no log
 
 
 # ------------------------------------------------------------------------------------------------ privacy

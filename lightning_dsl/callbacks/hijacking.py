@@ -19,20 +19,11 @@ from torch import Tensor
 
 from lightning_dsl.core.clients import client_batches
 from lightning_dsl.privacy.fsha import FeatureSpaceHijacking, check_options
-from lightning_dsl.privacy.inversion import save_grid
+from lightning_dsl.privacy.inversion import PixelMap, pixel_map, save_grid
 from lightning_dsl.strategies import SplitStrategy
 
 AUXILIARY_SPLITS = ("test", "val")
 _SHOWN = 8  # private inputs in the grid
-
-
-def _statistic(trainer: Trainer, name: str, default: float) -> Tensor | float:
-    """The data module's normalization ``mean`` or ``std``: a float, or per channel ``(1, C, 1, 1)``."""
-    value = getattr(getattr(trainer, "datamodule", None), name, None)
-    if value is None:
-        return default
-    tensor = torch.as_tensor(value, dtype=torch.float32)
-    return float(tensor) if tensor.numel() == 1 else tensor.reshape(1, -1, 1, 1)
 
 
 class FeatureSpaceHijackingAttack(Callback):
@@ -110,7 +101,7 @@ class FeatureSpaceHijackingAttack(Callback):
         self.history: list[dict[str, float]] = []
         self._pending_state: dict[str, Any] | None = None
         self._std: Tensor | float = 1.0
-        self._mean: Tensor | float = 0.0
+        self._to_pixels: PixelMap | None = None  # the data module's, from setup
         self._shown: tuple[Tensor, Tensor] | None = None  # the last batch's first private inputs, reconstructed
         self.grid_path: Path | None = None
         self._mean_image: Tensor | None = None
@@ -144,7 +135,11 @@ class FeatureSpaceHijackingAttack(Callback):
             self._pending_state = None
         if self.attack not in cut.taps:
             cut.taps.append(self.attack)
-        self._std, self._mean = _statistic(trainer, "std", 1.0), _statistic(trainer, "mean", 0.0)
+        std = getattr(getattr(trainer, "datamodule", None), "std", None)
+        self._std = 1.0 if std is None else torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if isinstance(self._std, Tensor) and self._std.numel() == 1:
+            self._std = float(self._std)
+        self._to_pixels = pixel_map(getattr(trainer, "datamodule", None))
         self._mean_image = public.mean(dim=0, keepdim=True)
         self._auxiliary_images = len(public)
         rank_zero_info(
@@ -228,18 +223,16 @@ class FeatureSpaceHijackingAttack(Callback):
                 self._sums["baseline"] += float(self._pixel_mse(mean_image.expand_as(x), x)) * len(x)
                 self._sums["samples"] += len(x)
                 if self.grid is not None:
-                    self._shown = (x[:_SHOWN].cpu(), reconstruction[:_SHOWN].detach().float().cpu())
+                    self._shown = (x[:_SHOWN], reconstruction[:_SHOWN].detach())  # to the host once, at the end
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:  # noqa: D102
-        if self.grid is None or self._shown is None or not trainer.is_global_zero:
+        if self.grid is None or self._shown is None or self._to_pixels is None or not trainer.is_global_zero:
             return
-        originals, reconstructions = (self._pixels(images) for images in self._shown)
+        to_pixels = self._to_pixels
+        originals, reconstructions = (to_pixels(images.float()).cpu() for images in self._shown)
         self.grid_path = save_grid(
             originals, reconstructions, Path(trainer.log_dir or trainer.default_root_dir) / self.grid
         )
-
-    def _pixels(self, images: Tensor) -> Tensor:
-        return images * self._std + self._mean
 
     def _pixel_mse(self, guess: Tensor, target: Tensor) -> Tensor:
         std = self._std.to(target.device) if isinstance(self._std, Tensor) else self._std

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from lightning_dsl.cli import build
 from lightning_dsl.core.sequence import MaskedSequence
 from lightning_dsl.privacy.defenses import CutMechanism
-from lightning_dsl.privacy.inversion import invert_images, save_grid
+from lightning_dsl.privacy.inversion import invert_images, pixel_map, save_grid
 from lightning_dsl.privacy.tokens import probe_tokens
 
 USAGE = "lightning-dsl attack --config CONFIG --ckpt_path CKPT [--model.init_args.X=...] [options]"
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             client,
             torch.cat(auxiliary),
             torch.cat(private),
-            _to_pixels(data),
+            pixel_map(data),
             epochs=args.epochs,
             batch_size=args.batch_size,
             width=args.width,
@@ -298,16 +298,6 @@ def _fingerprints(dataset: Any, indices: Any) -> list[bytes] | None:
     if isinstance(ids, list):
         return [hashlib.sha1(str(ids[i]).encode()).digest() for i in indices]
     return None
-
-
-def _to_pixels(data: Any) -> Callable[[Tensor], Tensor]:
-    """Undo the data module's normalization (``mean`` and ``std``, scalars or per channel)."""
-    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-    if mean is None or std is None:
-        return lambda x: x
-    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-    return lambda x: x * std_t.to(x.device) + mean_t.to(x.device)
 
 
 def _table(figures: dict[str, Any], context: dict[str, Any]) -> str:

@@ -231,6 +231,16 @@ def invert_images(
     )
 
 
+def pixel_map(data: object) -> PixelMap:
+    """Undo a data module's normalization (its ``mean`` and ``std``, scalars or per channel); identity without them."""
+    mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+    if mean is None or std is None:
+        return lambda x: x
+    mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
+    return lambda x: x * std_t.to(x.device) + mean_t.to(x.device)
+
+
 def save_grid(originals: Tensor, reconstructions: Tensor, path: str | Path, min_side: int = 32) -> Path:
     """Write a PNG with the originals in the top row and their reconstructions below (pixels in ``[0, 1]``).
 

@@ -186,9 +186,11 @@ def test_with_many_clients_each_clients_batch_is_hijacked_and_scored(tmp_path: P
     trainer = Trainer(
         accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[attack],
+        default_root_dir=tmp_path,
     )  # fmt: skip
     data = DigitsDataModule(batch_size=16, num_clients=2)
     trainer.fit(model, datamodule=data)
+    assert attack.grid_path == tmp_path / "fsha_reconstructions.png" and attack.grid_path.exists()
     assert attack.attack is not None and (attack.attack.steps, attack.attack.sent_down) == (4, 4)
     data.setup()
     private = torch.cat([x for loader in data.train_dataloader().iterables for x, _ in list(loader)[:2]])

@@ -17,6 +17,12 @@ continues where it stopped, and the report can be rebuilt from the runs alone (`
 
 A study with a step after the fit (``AFTER`` in ``benchmarks/studies.py``: the privacy studies' attack) keeps each
 run's last checkpoint and runs the step on it (``benchmarks/privacy.py``); a step whose output exists is skipped.
+
+Every fit checkpoints at the end of each epoch, so a fit that was stopped (a killed process, a machine that went
+away) continues from its last finished epoch when the sweep is run again (``--ckpt_path``; ``[resume]`` in the
+log, its ``stdout.log`` appended to). A resumed run's per-epoch history and byte totals span the whole run (the
+callbacks' states are in the checkpoint); its wall-clock figures cover the part after the resume, and its data
+order after the resume is not the uninterrupted run's. A finished run without a step after it keeps no checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script: the benchmarks package beside it
-from benchmarks.privacy import after_fit  # noqa: E402
+from benchmarks.privacy import after_fit, last_checkpoint  # noqa: E402
 from benchmarks.report import publish, report  # noqa: E402
 from benchmarks.studies import AFTER, CUTS, DATASETS, MODES, STUDIES, After, Variant  # noqa: E402
 
@@ -64,7 +70,11 @@ def command(
     run_dir: Path,
     checkpoint: bool = False,
 ) -> list[str]:
-    """The fit's command line; ``checkpoint``: keep the last checkpoint (for a step after the fit)."""
+    """The fit's command line; ``checkpoint``: keep the last checkpoint after the fit (for a step after it).
+
+    Every fit checkpoints each epoch (to resume an interrupted one); :func:`sweep` removes the checkpoints of a
+    finished fit unless ``checkpoint``.
+    """
     overlay = {
         "trainer": {
             "logger": [
@@ -83,7 +93,7 @@ def command(
                 },
             ],
             "enable_progress_bar": False,
-            "enable_checkpointing": checkpoint,
+            "enable_checkpointing": True,
             "default_root_dir": str(run_dir),
         },
         "summary": {"dirpath": str(run_dir)},
@@ -148,20 +158,29 @@ def sweep(args: argparse.Namespace) -> None:
             if step is not None:  # the step after the fit resumes too (the fit's command gives its arguments)
                 after_fit(step, command(args, dataset, cut, variant, seed, run_dir, True), run_dir, args.dry_run)
             continue
+        resume = last_checkpoint(run_dir) if run_dir.is_dir() else None  # a fit that stopped before its end
         cmd = command(args, dataset, cut, variant, seed, run_dir, checkpoint=step is not None)
-        print(f"[run ] {run_dir.name}: {' '.join(cmd)}", flush=True)
+        if resume is not None:
+            cmd.append(f"--ckpt_path={resume}")
+        print(f"[{'resume' if resume else 'run '}] {run_dir.name}: {' '.join(cmd)}", flush=True)
         if args.dry_run:
             if step is not None:
                 after_fit(step, cmd, run_dir, dry_run=True)
             continue
         start = time.perf_counter()
-        with open(run_dir / "stdout.log", "w") as log:
+        with open(run_dir / "stdout.log", "a" if resume else "w") as log:
+            if resume:
+                log.write(f"\n[resume] from {resume}\n")
+                log.flush()
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         print(f"[done] {run_dir.name}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
         if code != 0:
             print(f"       see {run_dir / 'stdout.log'}", flush=True)
         elif step is not None:
             after_fit(step, cmd, run_dir)
+        else:
+            for ckpt in run_dir.rglob("*.ckpt"):  # finished, and no step needs it: only the resume did
+                ckpt.unlink()
 
 
 # ---------------------------------------------------------------------------------------------- report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -282,7 +283,7 @@ def test_privacy_studies_dry_run_lists_the_fits_and_the_attacks(tmp_path: Path, 
     )
 
 
-def test_privacy_runs_keep_a_checkpoint_and_the_others_do_not(tmp_path: Path) -> None:
+def test_privacy_runs_have_a_step_after_the_fit_and_every_fit_checkpoints(tmp_path: Path) -> None:
     args = paper.main.__globals__["argparse"].Namespace(
         studies=["paper", "privacy_text"],
         datasets=["sst2"],
@@ -299,7 +300,7 @@ def test_privacy_runs_keep_a_checkpoint_and_the_others_do_not(tmp_path: Path) ->
         run = tmp_path / f"run{checkpoint}"
         paper.command(args, "sst2", "1", paper.STUDIES["text"][1][0], 0, run, checkpoint=checkpoint)
         overlay = paper.yaml.safe_load((run / "runner.yaml").read_text())
-        assert overlay["trainer"]["enable_checkpointing"] is checkpoint
+        assert overlay["trainer"]["enable_checkpointing"] is True  # to resume; sweep removes what is not kept
 
 
 def test_privacy_step_after_a_toy_fit_attacks_its_checkpoint_and_the_report_reads_it(
@@ -386,3 +387,53 @@ def test_sweep_resumes_the_attack_of_a_finished_fit(tmp_path: Path, monkeypatch:
     overlay = paper.yaml.safe_load((tmp_path / "cifar10-shallow-sl-s0" / "runner.yaml").read_text())
     assert overlay["trainer"]["enable_checkpointing"] is True and "--model.init_args.mode=sl" in calls[0][1]
     assert not (tmp_path / "cifar10-shallow-dsl_pool2-s0" / "runner.yaml").exists()  # a finished run is left alone
+
+
+def test_fit_then_test_takes_the_checkpoint_to_resume_from() -> None:
+    from benchmarks import fit_then_test
+
+    argv = ["--config", "a.yaml", "--ckpt_path=x/last.ckpt", "--trainer.max_epochs=2"]
+    assert fit_then_test.split_ckpt_path(argv) == (["--config", "a.yaml", "--trainer.max_epochs=2"], "x/last.ckpt")
+    assert fit_then_test.split_ckpt_path(["--ckpt_path", "y.ckpt", "--seed_everything=1"]) == (
+        ["--seed_everything=1"],
+        "y.ckpt",
+    )
+    assert fit_then_test.split_ckpt_path(["--config", "a.yaml"]) == (["--config", "a.yaml"], None)
+    with pytest.raises(SystemExit, match="--ckpt_path needs a checkpoint"):
+        fit_then_test.split_ckpt_path(["--ckpt_path"])
+
+
+def test_sweep_resumes_a_stopped_fit_from_its_last_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import studies
+
+    # The digits quickstart as the runner's data set: a 3-epoch fit stopped after its first epoch (a 1-epoch fit
+    # whose summary is gone), then the sweep again: it continues from the checkpoint and the run ends with all 3.
+    monkeypatch.setitem(paper.DATASETS, "digits", studies.Dataset("configs/quickstart.yaml"))
+    monkeypatch.setitem(studies.STUDIES, "paper", (("2",), (studies.DSL,)))
+    limits = ["--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+    parsed = paper.main.__globals__["argparse"].Namespace(
+        studies=["paper"], datasets=["digits"], seeds=[0], cuts=None, modes=list(paper.MODES), arms=None,
+        protocol="cpu", root=None, extra=["--trainer.max_epochs=1", *limits], dry_run=False, out=tmp_path,
+    )  # fmt: skip
+    run = tmp_path / "digits-2-dsl-s0"
+    paper.sweep(parsed)
+    assert not list(run.rglob("*.ckpt"))  # finished, no step after it: its checkpoint is gone
+    first = json.loads((run / "summary.json").read_text())
+    assert first["epochs"] == 1
+    # stopped after epoch 1 of 3: its checkpoint is there, its summary is not
+    cmd = paper.command(parsed, "digits", "2", studies.DSL, 0, run)
+    stopped = [*cmd[: -len(parsed.extra)], *limits, "--trainer.max_epochs=1"]
+    assert subprocess.run(stopped, cwd=paper.REPO, capture_output=True).returncode == 0
+    (run / "summary.json").unlink()
+    parsed.extra = ["--trainer.max_epochs=3", *limits]
+    paper.sweep(parsed)
+    log = (run / "stdout.log").read_text()
+    assert "[resume] from " in log and log.index("[resume] from ") > 0  # appended to the stopped fit's log
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["epochs"] == 3 and [row["epoch"] for row in resumed["history"]] == [0.0, 1.0, 2.0]
+    assert "Restoring states from the checkpoint path" in log[log.index("[resume] from ") :]
+    # the first epoch is the stopped fit's (from the checkpoint), not trained again: the resumed fit logs epochs 1, 2
+    with open(run / "csv" / "version_2" / "metrics.csv") as rows:  # 0: the first sweep, 1: the stopped fit
+        resumed_epochs = {row["epoch"] for row in csv.DictReader(rows)}
+    assert resumed["history"][0] == first["history"][0] and resumed_epochs == {"1", "2"}
+    assert not list(run.rglob("*.ckpt"))

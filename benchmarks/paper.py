@@ -23,6 +23,7 @@ away) continues from its last finished epoch when the sweep is run again (``--ck
 log, its ``stdout.log`` appended to). A resumed run's per-epoch history and byte totals span the whole run (the
 callbacks' states are in the checkpoint); its wall-clock figures cover the part after the resume, and its data
 order after the resume is not the uninterrupted run's. A finished run without a step after it keeps no checkpoint.
+To start a run over instead, delete its directory.
 """
 
 from __future__ import annotations

@@ -164,6 +164,13 @@ def fsha_rows(summaries: list[dict[str, Any]]) -> dict[str, list[float]]:
     return rows
 
 
+def shown_epochs(epochs: list[int], most: int = 8) -> list[int]:
+    """All of ``epochs`` when they are at most ``most``, else those at 1, 2, 4, 8, ... and the last (a long run)."""
+    if len(epochs) <= most:
+        return epochs
+    return sorted({e for e in epochs if e & (e - 1) == 0} | {epochs[-1]})
+
+
 def fsha_table(runs: Runs) -> list[str]:
     cuts, variants = STUDIES["privacy_fsha"]
     dataset = PRIVACY_STUDIES["privacy_fsha"]
@@ -171,8 +178,8 @@ def fsha_table(runs: Runs) -> list[str]:
     if not arms:
         return []
     per_arm = [fsha_rows(s) for _, _, s in arms]
-    epochs = sorted({k for rows in per_arm for k in rows if k.startswith("epoch ")}, key=lambda k: int(k.split()[1]))
-    keys = [*epochs, "min", "baseline"]
+    epochs = sorted({int(k.split()[1]) for rows in per_arm for k in rows if k.startswith("epoch ")})
+    keys = [*(f"epoch {e}" for e in shown_epochs(epochs)), "min", "baseline"]
     headers = [
         f"fsha_mse {k}" if k.startswith("epoch") else {"min": "min fsha_mse", "baseline": "baseline"}[k] for k in keys
     ]

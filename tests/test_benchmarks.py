@@ -353,6 +353,24 @@ def test_fsha_table_reads_the_history_per_epoch(tmp_path: Path) -> None:
     assert not (tmp_path / "privacy_fsha_grids_cifar10.png").exists()  # no run wrote a grid
 
 
+def test_fsha_table_of_a_long_run_shows_epochs_at_powers_of_two_and_the_last(tmp_path: Path) -> None:
+    from benchmarks import privacy
+
+    assert privacy.shown_epochs(list(range(1, 9))) == list(range(1, 9))
+    assert privacy.shown_epochs(list(range(1, 129))) == [1, 2, 4, 8, 16, 32, 64, 128]
+    history = [
+        {"epoch": float(e), "privacy/fsha_mse": 0.1 - e / 1000, "privacy/fsha_baseline_mse": 0.085} for e in range(20)
+    ]
+    write_summary(tmp_path, "cifar10-shallow-fsha_sl-s0", **{"val/acc": 0.4, "privacy/fsha_history": history})
+    paper.report(tmp_path, ["privacy_fsha"])
+    text = (tmp_path / "results.md").read_text()
+    columns = " | ".join(f"fsha_mse epoch {e}" for e in (1, 2, 4, 8, 16, 20))
+    assert f"| seeds | {columns} | min fsha_mse | baseline |" in text
+    # epochs 1, 2, 4, 8, 16 and 20, the min, the baseline, the accuracy
+    row = "| sl under FSHA | 1 | 0.1000 | 0.0990 | 0.0970 | 0.0930 | 0.0850 | 0.0810 | 0.0810 | 0.0850 | 40.00 |"
+    assert row in text
+
+
 def test_fsha_grids_show_each_runs_own_private_images(tmp_path: Path) -> None:
     from PIL import Image
 

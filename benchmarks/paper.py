@@ -177,11 +177,13 @@ def sweep(args: argparse.Namespace) -> None:
         print(f"[done] {run_dir.name}: exit {code} in {time.perf_counter() - start:.0f} s", flush=True)
         if code != 0:
             print(f"       see {run_dir / 'stdout.log'}", flush=True)
-        elif step is not None:
-            after_fit(step, cmd, run_dir)
-        else:
-            for ckpt in run_dir.rglob("*.ckpt"):  # finished, and no step needs it: only the resume did
+            continue
+        keep = last_checkpoint(run_dir) if step is not None else None  # the finished fit's, for the step
+        for ckpt in run_dir.rglob("*.ckpt"):  # the others served a resume only
+            if ckpt != keep:
                 ckpt.unlink()
+        if step is not None:
+            after_fit(step, cmd, run_dir)
 
 
 # ---------------------------------------------------------------------------------------------- report

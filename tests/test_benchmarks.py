@@ -455,3 +455,34 @@ def test_sweep_resumes_a_stopped_fit_from_its_last_epoch(tmp_path: Path, monkeyp
         resumed_epochs = {row["epoch"] for row in csv.DictReader(rows)}
     assert resumed["history"][0] == first["history"][0] and resumed_epochs == {"1", "2"}
     assert not list(run.rglob("*.ckpt"))
+
+
+def test_a_resumed_fit_keeps_only_its_last_checkpoint_for_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    run = tmp_path / "cifar10-shallow-sl-s0"
+    stopped = run / "csv" / "version_0" / "checkpoints" / "epoch=2-step=237.ckpt"
+    stopped.parent.mkdir(parents=True)
+    stopped.write_bytes(b"stopped")
+    os.utime(stopped, (1, 1))
+    finished = run / "csv" / "version_1" / "checkpoints" / "epoch=7-step=632.ckpt"
+    commands: list[list[str]] = []
+
+    def fit(cmd: list[str], **kwargs: Any) -> int:  # the resumed fit: it writes its own last checkpoint
+        commands.append(cmd)
+        finished.parent.mkdir(parents=True)
+        finished.write_bytes(b"finished")
+        return 0
+
+    steps: list[Path | None] = []
+    monkeypatch.setattr(paper.subprocess, "call", fit)
+    monkeypatch.setattr(paper, "after_fit", lambda step, cmd, run_dir: steps.append(paper.last_checkpoint(run_dir)))
+    parsed = paper.main.__globals__["argparse"].Namespace(
+        studies=["privacy"], datasets=["cifar10"], seeds=[0], cuts=["shallow"], modes=list(paper.MODES),
+        arms=["sl"], protocol="cpu", root="data/x", extra=[], dry_run=False, out=tmp_path,
+    )  # fmt: skip
+    paper.sweep(parsed)
+    assert commands[0][-1] == f"--ckpt_path={stopped}"
+    assert sorted(run.rglob("*.ckpt")) == [finished] and steps == [finished]  # the attack gets the finished fit's

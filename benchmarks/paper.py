@@ -69,12 +69,11 @@ def command(
     variant: Variant,
     seed: int,
     run_dir: Path,
-    checkpoint: bool = False,
 ) -> list[str]:
-    """The fit's command line; ``checkpoint``: keep the last checkpoint after the fit (for a step after it).
+    """The fit's command line.
 
-    Every fit checkpoints each epoch (to resume an interrupted one); :func:`sweep` removes the checkpoints of a
-    finished fit unless ``checkpoint``.
+    Every fit checkpoints each epoch (to resume a stopped one); :func:`sweep` keeps the last checkpoint of a
+    finished fit only for a step after it.
     """
     overlay = {
         "trainer": {
@@ -157,10 +156,10 @@ def sweep(args: argparse.Namespace) -> None:
         if (run_dir / "summary.json").exists():
             print(f"[skip] {run_dir.name}: summary.json exists", flush=True)
             if step is not None:  # the step after the fit resumes too (the fit's command gives its arguments)
-                after_fit(step, command(args, dataset, cut, variant, seed, run_dir, True), run_dir, args.dry_run)
+                after_fit(step, command(args, dataset, cut, variant, seed, run_dir), run_dir, args.dry_run)
             continue
         resume = last_checkpoint(run_dir) if run_dir.is_dir() else None  # a fit that stopped before its end
-        cmd = command(args, dataset, cut, variant, seed, run_dir, checkpoint=step is not None)
+        cmd = command(args, dataset, cut, variant, seed, run_dir)
         if resume is not None:
             cmd.append(f"--ckpt_path={resume}")
         print(f"[{'resume' if resume else 'run '}] {run_dir.name}: {' '.join(cmd)}", flush=True)

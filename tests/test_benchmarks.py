@@ -296,11 +296,9 @@ def test_privacy_runs_have_a_step_after_the_fit_and_every_fit_checkpoints(tmp_pa
     after = paper.steps(args)
     assert sorted(after) == [f"sst2-{c}-{a}-s0" for c in ("1", "deep", "middle", "shallow") for a in ("dsl", "sl")]
     assert after["sst2-1-sl-s0"].options == ("--metrics", "tokens")
-    for checkpoint in (False, True):
-        run = tmp_path / f"run{checkpoint}"
-        paper.command(args, "sst2", "1", paper.STUDIES["text"][1][0], 0, run, checkpoint=checkpoint)
-        overlay = paper.yaml.safe_load((run / "runner.yaml").read_text())
-        assert overlay["trainer"]["enable_checkpointing"] is True  # to resume; sweep removes what is not kept
+    paper.command(args, "sst2", "1", paper.STUDIES["text"][1][0], 0, tmp_path / "run")
+    overlay = paper.yaml.safe_load((tmp_path / "run" / "runner.yaml").read_text())
+    assert overlay["trainer"]["enable_checkpointing"] is True  # to resume; sweep removes what is not kept
 
 
 def test_privacy_step_after_a_toy_fit_attacks_its_checkpoint_and_the_report_reads_it(
@@ -315,7 +313,7 @@ def test_privacy_step_after_a_toy_fit_attacks_its_checkpoint_and_the_report_read
     args = paper.main.__globals__["argparse"].Namespace(protocol="cpu", root=None, dry_run=False)
     args.extra = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
     run = tmp_path / "digits-2-dsl-s0"
-    cmd = paper.command(args, "digits", "2", studies.DSL, 0, run, checkpoint=True)
+    cmd = paper.command(args, "digits", "2", studies.DSL, 0, run)
     assert subprocess.run(cmd, cwd=paper.REPO, capture_output=True).returncode == 0
     step = studies.After(options=("--epochs", "1", "--private-samples", "16", "--width", "8"))
     assert privacy.after_fit(step, cmd, run)

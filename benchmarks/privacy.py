@@ -239,23 +239,22 @@ def grids(runs: Runs, out: Path, plt: Any, study: str = "privacy", seed: int = 0
 
 
 def fsha_grids(out: Path, plt: Any) -> list[Path]:
-    """The lowest seed's FSHA grids in one figure: the last batch's private images, then each arm's reconstruction.
+    """Every seed's FSHA grids in one figure: each run's last-batch private images above its reconstruction.
 
-    A run's grid is the callback's ``fsha_reconstructions.png``, in the run's directory or its logger's.
+    Rows go by seed, then arm. A run's grid is the callback's ``fsha_reconstructions.png``, in the run's directory
+    or its logger's.
     """
     cuts, variants = STUDIES["privacy_fsha"]
     dataset = PRIVACY_STUDIES["privacy_fsha"]
     found = {
-        (v.name, seed): grid
-        for v in variants
+        (seed, i): (f"{v.label}, seed {seed}", grid)
+        for i, v in enumerate(variants)
         for grid in sorted(out.glob(f"{dataset}-{cuts[0]}-{v.name}-s*/**/{FSHA_GRID}"))
         for seed in [seed_of(grid.relative_to(out).parts[0])]
     }
-    if not found:
-        return []
-    seed = min(s for _, s in found)
-    rows = [(variant.label, found[(variant.name, seed)]) for variant in variants if (variant.name, seed) in found]
-    title = f"FSHA, {dataset}: private training images and the malicious server's reconstructions (seed {seed})"
+    seeds = ", ".join(str(s) for s in sorted({s for s, _ in found}))
+    title = f"FSHA, {dataset}: private training images and the malicious server's reconstructions (seeds {seeds})"
+    rows = [found[key] for key in sorted(found)]
     figure = montage(rows, title, out / f"privacy_fsha_grids_{dataset}.png", plt, own_originals=True)
     return [figure] if figure else []
 

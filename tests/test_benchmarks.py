@@ -383,7 +383,9 @@ def test_fsha_grids_show_each_runs_own_private_images(tmp_path: Path) -> None:
     text = (tmp_path / "results.md").read_text()
     assert "privacy_fsha_grids_cifar10.png" in text and "above what the attacker's decoder made" in text
     figure = Image.open(tmp_path / "privacy_fsha_grids_cifar10.png")
-    assert figure.size == (880, 2 * 220)  # seed 1's two runs, a panel of 2 inches each: its originals and its own
+    assert figure.size == (880, 3 * 220)  # every run, a panel of 2 inches each: its own originals above its own
+    red = [figure.convert("RGB").getpixel((500, 110 + 220 * row))[0] for row in range(3)]
+    assert red[0] == red[1] < red[2]  # by seed, then arm: seed 1's sl and dsl, then seed 2's dsl
 
 
 def test_sweep_resumes_the_attack_of_a_finished_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

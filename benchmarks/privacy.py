@@ -247,7 +247,7 @@ def fsha_grids(out: Path, plt: Any) -> list[Path]:
     cuts, variants = STUDIES["privacy_fsha"]
     dataset = PRIVACY_STUDIES["privacy_fsha"]
     found = {
-        (seed, i): (f"{v.label}, seed {seed}", grid)
+        (seed, i): (f"{v.label},\nseed {seed}", grid)
         for i, v in enumerate(variants)
         for grid in sorted(out.glob(f"{dataset}-{cuts[0]}-{v.name}-s*/**/{FSHA_GRID}"))
         for seed in [seed_of(grid.relative_to(out).parts[0])]
@@ -332,7 +332,9 @@ def montage(rows: list[tuple[str, Path]], title: str, path: Path, plt: Any, own_
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.subplots_adjust(left=0.16, right=0.99, top=1 - 0.3 / len(panels), bottom=0.01, hspace=0.08)
+    fig.subplots_adjust(
+        left=0.2 if own_originals else 0.16, right=0.99, top=1 - 0.3 / len(panels), bottom=0.01, hspace=0.08
+    )
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
